@@ -1,0 +1,1 @@
+"""Sans-IO messages between peers and the supernode, and the chunk frames."""

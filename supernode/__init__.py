@@ -1,0 +1,1 @@
+"""The chunk-level scheduler service."""
