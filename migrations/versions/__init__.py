@@ -1,0 +1,1 @@
+"""Migration versions, applied in order by Alembic; each file is one revision."""

@@ -1,0 +1,309 @@
+"""The repository: every query the supernode runs, over records rather than ORM rows.
+
+Writes come in `WriteBatch`es applied in one transaction (upserts, then deletions), so a
+flush is all-or-nothing. Upserts use the dialect's `INSERT ... ON CONFLICT`, which SQLite
+and PostgreSQL share. SQLAlchemy errors leave this module as `DatabaseError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ._errors import DatabaseError
+from ._models import (
+    Availability,
+    Base,
+    BlacklistEntry,
+    Blob,
+    Host,
+    Peer,
+    PreheatJob,
+    ReputationEvent,
+)
+from ._records import (
+    BitmapRecord,
+    BlacklistRecord,
+    BlobRecord,
+    HostRecord,
+    JobRecord,
+    PeerRecord,
+    ReputationRecord,
+    Snapshot,
+    WriteBatch,
+    utcnow,
+)
+
+Row = dict[str, Any]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _host_row(host: HostRecord, now: datetime) -> Row:
+    return {
+        "host_id": host.host_id,
+        "hostname": host.hostname,
+        "ip": host.ip,
+        "zone": host.zone,
+        "labels": dict(host.labels),
+        "updated_at": now,
+    }
+
+
+def _peer_row(peer: PeerRecord) -> Row:
+    return {
+        "peer_id": peer.peer_id,
+        "host_id": peer.host.host_id,
+        "is_seed": peer.is_seed,
+        "upload_capacity": peer.upload_capacity,
+        "http_addr": peer.http_addr,
+        "multiaddr": peer.multiaddr,
+        "registration": peer.registration,
+        "registered_at": peer.registered_at,
+        "last_seen": peer.last_seen,
+    }
+
+
+def _blob_row(blob: BlobRecord, now: datetime) -> Row:
+    return {
+        "blob_id": blob.blob_id,
+        "chunk_count": blob.chunk_count,
+        "size": blob.size,
+        "origin": blob.origin,
+        "created_at": now,
+    }
+
+
+def _bitmap_row(bitmap: BitmapRecord, now: datetime) -> Row:
+    return {
+        "peer_id": bitmap.peer_id,
+        "blob_id": bitmap.blob_id,
+        "bitmap": bitmap.bitmap,
+        "chunks_held": bitmap.chunks_held,
+        "updated_at": now,
+    }
+
+
+def _job_row(job: JobRecord) -> Row:
+    return {
+        "job_id": job.job_id,
+        "state": job.state,
+        "image": job.image,
+        "blobs": list(job.blobs),
+        "chunks_total": job.chunks_total,
+        "chunks_done": job.chunks_done,
+        "error": job.error,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
+
+
+def _blacklist_row(entry: BlacklistRecord, now: datetime) -> Row:
+    return {
+        "peer_id": entry.peer_id,
+        "blob_id": entry.blob_id,
+        "reason": entry.reason,
+        "created_at": now,
+    }
+
+
+def _event_row(event: ReputationRecord) -> Row:
+    return {
+        "peer_id": event.peer_id,
+        "blob_id": event.blob_id,
+        "kind": event.kind,
+        "delta": event.delta,
+        "detail": event.detail,
+        "at": event.at,
+    }
+
+
+def _peer_record(peer: Peer, host: Host) -> PeerRecord:
+    host_record = HostRecord(host.host_id, host.hostname, host.ip, host.zone, dict(host.labels))
+    return PeerRecord(
+        peer_id=peer.peer_id,
+        host=host_record,
+        is_seed=peer.is_seed,
+        upload_capacity=peer.upload_capacity,
+        http_addr=peer.http_addr,
+        multiaddr=peer.multiaddr,
+        registration=dict(peer.registration),
+        registered_at=_as_utc(peer.registered_at),
+        last_seen=_as_utc(peer.last_seen),
+    )
+
+
+def _job_record(job: PreheatJob) -> JobRecord:
+    return JobRecord(
+        job_id=job.job_id,
+        state=job.state,
+        image=job.image,
+        blobs=tuple(job.blobs),
+        chunks_total=job.chunks_total,
+        chunks_done=job.chunks_done,
+        error=job.error,
+        created_at=_as_utc(job.created_at),
+        updated_at=_as_utc(job.updated_at),
+    )
+
+
+def _dedupe(rows: list[Row], keys: Sequence[str]) -> list[Row]:
+    """Last row per key wins: one statement may not touch a row twice on PostgreSQL."""
+    return list({tuple(row[k] for k in keys): row for row in rows}.values())
+
+
+class Repository:
+    """Queries over one engine. Create it with an engine; the caller owns the engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._dialect = engine.dialect.name
+
+    async def apply(self, batch: WriteBatch) -> None:
+        """Write a whole batch in one transaction."""
+        if not len(batch):
+            return
+        try:
+            async with self._sessions.begin() as session:
+                await self._apply(session, batch, utcnow())
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"writing {len(batch)} records failed: {exc}") from exc
+
+    async def load(self) -> Snapshot:
+        """Everything needed to rebuild the scheduler after a restart."""
+        try:
+            async with self._sessions() as session:
+                return await self._load(session)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"loading state failed: {exc}") from exc
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        async with self._sessions() as session:
+            row = await session.get(PreheatJob, job_id)
+            return None if row is None else _job_record(row)
+
+    async def events(self, peer_id: str, limit: int = 100) -> list[ReputationRecord]:
+        """The newest reputation events of one peer, newest first."""
+        query = (
+            select(ReputationEvent)
+            .where(ReputationEvent.peer_id == peer_id)
+            .order_by(ReputationEvent.id.desc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        return [
+            ReputationRecord(e.peer_id, e.kind, e.blob_id, e.delta, e.detail, _as_utc(e.at))
+            for e in rows
+        ]
+
+    async def prune_events(self, before: datetime) -> int:
+        """Drop reputation events older than `before`; returns how many went."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(ReputationEvent).where(ReputationEvent.at < before)
+            )
+        return int(getattr(result, "rowcount", 0))
+
+    async def _apply(self, session: AsyncSession, batch: WriteBatch, now: datetime) -> None:
+        await self._upsert_peers(session, batch.peers, now)
+        await self._upsert(
+            session,
+            Blob,
+            [_blob_row(b, now) for b in batch.blobs],
+            ["blob_id"],
+            keep=("created_at",),
+        )
+        await self._upsert(
+            session,
+            Availability,
+            [_bitmap_row(b, now) for b in batch.bitmaps],
+            ["peer_id", "blob_id"],
+        )
+        await self._upsert(
+            session, PreheatJob, [_job_row(j) for j in batch.jobs], ["job_id"], keep=("created_at",)
+        )
+        await self._upsert(
+            session,
+            BlacklistEntry,
+            [_blacklist_row(e, now) for e in batch.blacklist_added],
+            ["peer_id", "blob_id"],
+            keep=("created_at",),
+        )
+        await self._insert(session, ReputationEvent, [_event_row(e) for e in batch.events])
+        await self._delete_blacklist(session, batch.blacklist_removed)
+        await self._delete_bitmaps(session, batch.removed_bitmaps)
+        await self._delete_peers(session, batch.removed_peers)
+
+    async def _upsert_peers(
+        self, session: AsyncSession, peers: list[PeerRecord], now: datetime
+    ) -> None:
+        await self._upsert(session, Host, [_host_row(p.host, now) for p in peers], ["host_id"])
+        await self._upsert(
+            session, Peer, [_peer_row(p) for p in peers], ["peer_id"], keep=("registered_at",)
+        )
+
+    async def _upsert(
+        self,
+        session: AsyncSession,
+        model: type[Base],
+        rows: list[Row],
+        keys: list[str],
+        keep: tuple[str, ...] = (),
+    ) -> None:
+        if not rows:
+            return
+        rows = _dedupe(rows, keys)
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(model)
+        updated = {c: stmt.excluded[c] for c in rows[0] if c not in keys and c not in keep}
+        await session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updated), rows)
+
+    async def _insert(self, session: AsyncSession, model: type[Base], rows: list[Row]) -> None:
+        if rows:
+            await session.execute(insert(model), rows)
+
+    async def _delete_blacklist(
+        self, session: AsyncSession, entries: list[BlacklistRecord]
+    ) -> None:
+        pairs = [(e.peer_id, e.blob_id) for e in entries]
+        if pairs:
+            cols = tuple_(BlacklistEntry.peer_id, BlacklistEntry.blob_id)
+            await session.execute(delete(BlacklistEntry).where(cols.in_(pairs)))
+
+    async def _delete_bitmaps(self, session: AsyncSession, pairs: list[tuple[str, str]]) -> None:
+        if pairs:
+            cols = tuple_(Availability.peer_id, Availability.blob_id)
+            await session.execute(delete(Availability).where(cols.in_(pairs)))
+
+    async def _delete_peers(self, session: AsyncSession, peer_ids: list[str]) -> None:
+        if not peer_ids:
+            return
+        await session.execute(delete(Availability).where(Availability.peer_id.in_(peer_ids)))
+        await session.execute(delete(Peer).where(Peer.peer_id.in_(peer_ids)))
+        orphans = select(Peer.host_id).distinct()
+        await session.execute(delete(Host).where(Host.host_id.not_in(orphans)))
+
+    async def _load(self, session: AsyncSession) -> Snapshot:
+        peers = (await session.execute(select(Peer, Host).join(Host))).all()
+        blobs = (await session.scalars(select(Blob))).all()
+        bitmaps = (await session.scalars(select(Availability))).all()
+        jobs = (await session.scalars(select(PreheatJob))).all()
+        blacklist = (await session.scalars(select(BlacklistEntry))).all()
+        return Snapshot(
+            peers=[_peer_record(p, h) for p, h in peers],
+            blobs=[BlobRecord(b.blob_id, b.chunk_count, b.size, b.origin) for b in blobs],
+            bitmaps=[BitmapRecord(a.peer_id, a.blob_id, a.bitmap, a.chunks_held) for a in bitmaps],
+            jobs=[_job_record(j) for j in jobs],
+            blacklist=[BlacklistRecord(e.peer_id, e.blob_id, e.reason) for e in blacklist],
+        )
