@@ -131,4 +131,6 @@ def parse_compressor(name: str) -> Compressor:
     try:
         return Compressor(name)
     except ValueError:
-        raise UnsupportedFormat(f"unknown compressor {name!r} (none, zstd, lz4_block, gzip)") from None
+        raise UnsupportedFormat(
+            f"unknown compressor {name!r} (none, zstd, lz4_block, gzip)"
+        ) from None

@@ -78,6 +78,7 @@ class Inode:
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     chunks: tuple[ChunkInfo, ...] = ()
     children: tuple[int, ...] = ()  # indices of the entries of a directory, in name order
+    child_index: int = 0  # v5 i_child_index as stored (kept for empty directories)
 
     @property
     def is_dir(self) -> bool:

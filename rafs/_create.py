@@ -1,0 +1,82 @@
+"""`nydus-image create`: pick the importer for a source, build, write outputs atomically.
+
+A source is a directory, a tar layer (plain, gzip or zstd) or an OCI image layout. The
+bootstrap is written to a temporary file and renamed; on any failure the new blob and the
+temporary bootstrap are removed, so nothing half-made is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._blobwriter import BlobWriter
+from ._builder import BuildOptions, BuildResult, ChunkDict, build, writer_for
+from ._dirimport import import_directory
+from ._errors import BuildError
+from ._load import load_bootstrap
+from ._source import SourceEntry
+from ._v5write import dump_v5
+
+
+@dataclass
+class CreateRequest:
+    source: Path
+    bootstrap: Path
+    blob_dir: Path
+    options: BuildOptions
+    chunk_dict: list[Path]
+    on_bytes: Callable[[int], None] | None = None
+
+
+def create_image(req: CreateRequest) -> BuildResult:
+    if not req.source.exists():
+        raise BuildError(f"source not found: {req.source}")
+    req.blob_dir.mkdir(parents=True, exist_ok=True)
+    chunk_dict = _chunk_dict(req)
+    writer = writer_for(req.blob_dir, req.options, chunk_dict)
+    writer.on_bytes = req.on_bytes
+    try:
+        root = _import(req.source, writer)
+        result = build(root, req.options, writer, chunk_dict)
+        write_atomically(req.bootstrap, dump_v5(result.bootstrap))
+    except BaseException:
+        writer.abort()
+        raise
+    return result
+
+
+def _chunk_dict(req: CreateRequest) -> ChunkDict | None:
+    if not req.chunk_dict:
+        return None
+    boots = [load_bootstrap(p) for p in req.chunk_dict]
+    return ChunkDict.from_bootstraps(boots, req.options.digester)
+
+
+def _import(source: Path, writer: BlobWriter) -> SourceEntry:
+    if source.is_dir():
+        from ._tarimport import import_oci_layout, is_oci_layout
+
+        if is_oci_layout(source):
+            return import_oci_layout(source, writer)
+        return import_directory(source)
+    from ._tarimport import import_tar
+
+    return import_tar(source, writer)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
