@@ -99,13 +99,15 @@ class FileStream(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        """Fill as much of `buffer` as the file has left (tar writers want full reads)."""
         want = min(len(buffer), self.inode.size - self.pos)
-        if want <= 0:
-            return 0
-        data = self._window(want)
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        done = 0
+        while done < want:
+            data = self._window(want - done)
+            buffer[done : done + len(data)] = data
+            done += len(data)
+            self.pos += len(data)
+        return done
 
     def _window(self, want: int) -> bytes:
         offset = self.pos - self._buf_start

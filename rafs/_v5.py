@@ -206,14 +206,9 @@ class _Validator:
             rec = pending.pop()
             if rec.inode.is_dir:
                 pending.extend(self._children(rec))
-        return self.inodes
+        return dict(sorted(self.inodes.items()))
 
     def _check_root(self, root: Inode) -> None:
-        if not root.is_dir:
-            raise UnsupportedFormat(
-                f"root inode mode {root.mode:#o} is not a directory: not a RAFS v5 inode "
-                "layout (a pre-release Nydus bootstrap?)"
-            )
         if root.name != b"/" or root.ino != 1:
             raise CorruptBootstrap("root name/ino", (root.name, root.ino))
 
@@ -296,6 +291,11 @@ class _RecordReader:
             mtime,
             _,
         ) = h
+        if index == 1 and not stat.S_ISDIR(mode):
+            raise UnsupportedFormat(
+                f"root inode mode {mode:#o} is not a directory: not a RAFS v5 inode "
+                "layout (a pre-release Nydus bootstrap?)"
+            )
         if flags & ~L.KNOWN_INODE_FLAGS:
             raise CorruptBootstrap(f"i_flags of index {index}", hex(flags), start)
         name = self._name(name_size, index)
