@@ -76,6 +76,7 @@ _FLAG_DIGESTERS: Final = {FLAG_HASH_BLAKE3: Digester.BLAKE3, FLAG_HASH_SHA256: D
 # §5 blob record codes
 _BLOB_COMPRESSORS: Final = (Compressor.NONE, Compressor.LZ4_BLOCK, Compressor.GZIP, Compressor.ZSTD)
 _BLOB_DIGESTERS: Final = (Digester.BLAKE3, Digester.SHA256)
+_MAX_CIPHER_ALGO: Final = 3  # 1 aes128-xts, 2 aes256-xts, 3 aes256-gcm
 
 # blob feature bits (rafs-v5.md §6)
 BLOB_ALIGNED: Final = 0x0000_0001
@@ -477,7 +478,7 @@ def _unpack(record: struct.Struct, data: bytes, offset: int, what: str) -> tuple
 
 def _check_range(offset: int, size: int, limit: int, what: str) -> None:
     if offset < 0 or size < 0 or offset + size > limit:
-        raise CorruptBootstrap(f"{what} ({size} bytes) lies outside the bootstrap", offset)
+        raise CorruptBootstrap(f"offset of {what} ({size} bytes, bootstrap is {limit})", offset)
 
 
 def _ceil_div(n: int, d: int) -> int:
@@ -547,6 +548,10 @@ def _check_bootstrap_size(sb: _ErofsSuper, size: int) -> None:
         raise CorruptBootstrap("s_extra_devices", sb.extra_devices, EROFS_SUPER_OFFSET + 86)
 
 
+# Where each table's offset field sits in the RAFS superblock; its size field follows.
+_TABLE_FIELDS: Final = {"s_blob_table": 8, "s_chunk_table": 24, "s_prefetch_table": 40}
+
+
 def _check_rafs_super(ext: _RafsSuper, sb: _ErofsSuper, size: int) -> None:
     _check_flags(ext.flags)
     chunk_size = ext.chunk_size
@@ -582,17 +587,20 @@ def _check_table(
     name: str, offset: int, length: int, unit: int, floor: int, size: int, *, aligned: bool = True
 ) -> None:
     """A table lies in the bootstrap, past the device table, in whole records."""
+    field_offset = _RAFS_SUPER_OFFSET + _TABLE_FIELDS[name]
     if offset < floor or (aligned and offset % BLOCK_SIZE) or offset + length > size:
-        raise CorruptBootstrap(f"{name}_offset", offset, _RAFS_SUPER_OFFSET)
+        raise CorruptBootstrap(f"{name}_offset", offset, field_offset)
     if length % unit:
-        raise CorruptBootstrap(f"{name}_size", length, _RAFS_SUPER_OFFSET)
+        raise CorruptBootstrap(f"{name}_size", length, field_offset + 8)
 
 
 def _check_disjoint(ext: _RafsSuper) -> None:
     blob_end = ext.blob_table_offset + ext.blob_table_size
     chunk_end = ext.chunk_table_offset + ext.chunk_table_size
     if ext.chunk_table_offset < blob_end and ext.blob_table_offset < chunk_end:
-        raise CorruptBootstrap("s_chunk_table_offset", ext.chunk_table_offset, _RAFS_SUPER_OFFSET)
+        raise CorruptBootstrap(
+            "s_chunk_table_offset", ext.chunk_table_offset, _RAFS_SUPER_OFFSET + 24
+        )
 
 
 # --- device and blob tables (§4, §5) ---------------------------------------------------
@@ -628,6 +636,8 @@ def _check_blob_record(record: _BlobRecord, position: int, chunk_size: int, offs
     if record.digest_algo >= len(_BLOB_DIGESTERS):
         raise CorruptBootstrap("blob digest_algo", record.digest_algo, offset + 80)
     _check_blob_features(record.features, offset + 84)
+    if record.cipher_algo > _MAX_CIPHER_ALGO:
+        raise CorruptBootstrap("blob cipher_algo", record.cipher_algo, offset + 216)
     if record.cipher_algo:
         raise UnsupportedFormat(f"encrypted blob (cipher_algo {record.cipher_algo})")
 
@@ -895,8 +905,9 @@ def _data_extents(inode: _DiskInode, size: int) -> list[tuple[int, int]]:
     blocks = _ceil_div(inode.size, BLOCK_SIZE)
     inline = inode.layout == LAYOUT_FLAT_INLINE
     plain = blocks - 1 if inline else blocks  # blocks stored at block i_u
-    start = inode.u * BLOCK_SIZE
-    _check_range(start, min(plain * BLOCK_SIZE, inode.size), size, f"data of nid {inode.nid}")
+    start = inode.u * BLOCK_SIZE  # unused when everything is inline
+    if plain:
+        _check_range(start, min(plain * BLOCK_SIZE, inode.size), size, f"data of nid {inode.nid}")
     extents = [
         (start + j * BLOCK_SIZE, min(BLOCK_SIZE, inode.size - j * BLOCK_SIZE)) for j in range(plain)
     ]
