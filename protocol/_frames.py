@@ -123,7 +123,7 @@ def _parse_header(raw: bytes | bytearray, max_payload: int) -> _Header:
         raise BadFrameMagic(bytes(magic))
     if version != PROTOCOL_VERSION:
         raise UnsupportedVersion(version, PROTOCOL_VERSION)
-    if flags & ~_KNOWN_FLAGS:
+    if flags & ~int(_KNOWN_FLAGS):
         raise FrameError(f"unknown frame flags {flags:#04x}")
     if codec not in Codec._value2member_map_:
         raise FrameError(f"unknown frame codec {codec}")
