@@ -60,6 +60,7 @@ _TYPE_BITS = {
     tarfile.FIFOTYPE: stat.S_IFIFO,
 }
 _MAX_ID = 0xFFFF_FFFF
+_SYMLINK_MODE = stat.S_IFLNK | 0o777
 _PAX_MTIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _SCHILY_XATTR = "SCHILY.xattr."
 _LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
@@ -244,6 +245,7 @@ class _LayerApplier:
             raise self._refuse(info, f"has unsupported tar type {info.type!r}")
         entry = self._metadata(info, name, bits)
         if info.issym():
+            entry.mode = _SYMLINK_MODE  # what Linux shows whatever the header says
             entry.symlink = self._symlink_target(info)
         elif info.ischr() or info.isblk():
             entry.rdev = self._rdev(info)
