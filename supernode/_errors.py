@@ -30,9 +30,12 @@ class ApiError(SupernodeError):
     status = 400
     code = "bad_request"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, path: str | None = None, code: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.path = path
+        if code is not None:
+            self.code = code
 
 
 class Unauthorized(ApiError):

@@ -33,8 +33,8 @@ class PeerRecord:
     host: HostRecord
     is_seed: bool = False
     upload_capacity: int = 0
-    http_addr: str = ""
-    multiaddr: str = ""
+    http_url: str = ""
+    multiaddrs: tuple[str, ...] = ()
     registration: dict[str, Any] = field(default_factory=dict)
     registered_at: datetime = field(default_factory=utcnow)
     last_seen: datetime = field(default_factory=utcnow)
@@ -60,10 +60,13 @@ class BitmapRecord:
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
+    """A preheat job: what to fetch (`blobs`) and how far it got."""
+
     job_id: str
     state: str
     image: str = ""
-    blobs: tuple[str, ...] = ()
+    blobs: tuple[dict[str, Any], ...] = ()  # PreheatBlob fields, JSON-ready
+    blobs_done: int = 0
     chunks_total: int = 0
     chunks_done: int = 0
     error: str = ""

@@ -65,8 +65,8 @@ def _peer_row(peer: PeerRecord) -> Row:
         "host_id": peer.host.host_id,
         "is_seed": peer.is_seed,
         "upload_capacity": peer.upload_capacity,
-        "http_addr": peer.http_addr,
-        "multiaddr": peer.multiaddr,
+        "http_url": peer.http_url,
+        "multiaddrs": list(peer.multiaddrs),
         "registration": peer.registration,
         "registered_at": peer.registered_at,
         "last_seen": peer.last_seen,
@@ -99,6 +99,7 @@ def _job_row(job: JobRecord) -> Row:
         "state": job.state,
         "image": job.image,
         "blobs": list(job.blobs),
+        "blobs_done": job.blobs_done,
         "chunks_total": job.chunks_total,
         "chunks_done": job.chunks_done,
         "error": job.error,
@@ -134,8 +135,8 @@ def _peer_record(peer: Peer, host: Host) -> PeerRecord:
         host=host_record,
         is_seed=peer.is_seed,
         upload_capacity=peer.upload_capacity,
-        http_addr=peer.http_addr,
-        multiaddr=peer.multiaddr,
+        http_url=peer.http_url,
+        multiaddrs=tuple(peer.multiaddrs),
         registration=dict(peer.registration),
         registered_at=_as_utc(peer.registered_at),
         last_seen=_as_utc(peer.last_seen),
@@ -148,6 +149,7 @@ def _job_record(job: PreheatJob) -> JobRecord:
         state=job.state,
         image=job.image,
         blobs=tuple(job.blobs),
+        blobs_done=job.blobs_done,
         chunks_total=job.chunks_total,
         chunks_done=job.chunks_done,
         error=job.error,
@@ -186,6 +188,15 @@ class Repository:
                 return await self._load(session)
         except SQLAlchemyError as exc:
             raise DatabaseError(f"loading state failed: {exc}") from exc
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(select(1))
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
 
     async def job(self, job_id: str) -> JobRecord | None:
         async with self._sessions() as session:

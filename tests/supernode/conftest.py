@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
+
+from supernode import SupernodeConfig, make_app
 
 _PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 _database_numbers = itertools.count(1)
@@ -144,3 +150,74 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'supernode.db'}"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
     return await cluster.create_database()
+
+
+# --- a supernode on loopback -------------------------------------------------------------
+
+TOKEN = "cluster-secret"
+ADMIN_TOKEN = "admin-secret"
+PEER_AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@dataclass
+class RunningSupernode:
+    """A supernode app served by a real TCP site on 127.0.0.1."""
+
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+    http: aiohttp.ClientSession
+
+    async def post(self, path: str, body: Any, auth: dict[str, str] | None = None) -> Any:
+        """POST JSON with the cluster token; returns (status, decoded JSON or None)."""
+        headers = PEER_AUTH if auth is None else auth
+        async with self.http.post(self.url + path, json=body, headers=headers) as response:
+            data = await response.read()
+            return response.status, (json.loads(data) if data else None)
+
+    async def get(self, path: str, auth: dict[str, str] | None = None, **params: Any) -> Any:
+        headers = PEER_AUTH if auth is None else auth
+        async with self.http.get(self.url + path, headers=headers, params=params) as response:
+            data = await response.read()
+            is_json = response.content_type == "application/json"
+            return response.status, (json.loads(data) if is_json and data else data)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_supernode(config: SupernodeConfig, http: aiohttp.ClientSession) -> RunningSupernode:
+    app = make_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return RunningSupernode(f"http://{host}:{port}", app, runner, http)
+
+
+def supernode_config(db_url: str, **overrides: Any) -> SupernodeConfig:
+    settings: dict[str, Any] = {
+        "db_url": db_url,
+        "token": TOKEN,
+        "admin_token": ADMIN_TOKEN,
+        "flush_interval": 0.05,
+        "expire_interval": 0.2,
+    }
+    settings.update(overrides)
+    return SupernodeConfig(**settings)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def supernode(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[RunningSupernode]:
+    """A supernode on a fresh SQLite file, with both tokens set."""
+    node = await start_supernode(supernode_config(str(tmp_path / "sn.db")), http)
+    yield node
+    await node.stop()

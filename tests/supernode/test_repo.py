@@ -27,7 +27,7 @@ from supernode._repo import Repository
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 HOST_A = HostRecord("host-a", "a.example", "10.0.0.1", "zone-1", {"rack": "r1"})
 HOST_B = HostRecord("host-b", "b.example", "10.0.0.2", "zone-2")
-BLOB = BlobRecord("sha256:" + "ab" * 32, chunk_count=20, size=20 << 20, origin="registry")
+BLOB = BlobRecord("ab" * 32, chunk_count=20, size=20 << 20, origin="registry")
 
 
 def _peer(peer_id: str, host: HostRecord = HOST_A, seen: datetime = T0) -> PeerRecord:
@@ -36,8 +36,8 @@ def _peer(peer_id: str, host: HostRecord = HOST_A, seen: datetime = T0) -> PeerR
         host,
         is_seed=peer_id.startswith("seed"),
         upload_capacity=8,
-        http_addr="127.0.0.1:65001",
-        multiaddr="/ip4/127.0.0.1/tcp/4001",
+        http_url="http://127.0.0.1:65001",
+        multiaddrs=("/ip4/127.0.0.1/tcp/4001",),
         registration={"peer_id": peer_id, "ports": [65001]},
         registered_at=T0,
         last_seen=seen,
@@ -77,7 +77,7 @@ async def test_batch_round_trips_through_load(repo: Repository) -> None:
         "job-1",
         "running",
         image="reg/app:1",
-        blobs=(BLOB.blob_id,),
+        blobs=({"blob_id": BLOB.blob_id, "origin_url": "http://o/b"},),
         chunks_total=20,
         created_at=T0,
         updated_at=T0,
@@ -181,7 +181,14 @@ async def test_events_newest_first_and_pruning(repo: Repository) -> None:
 
 
 async def test_job_lookup(repo: Repository) -> None:
-    job = JobRecord("job-9", "pending", blobs=("a", "b"), created_at=T0, updated_at=T0)
+    job = JobRecord(
+        "job-9",
+        "pending",
+        blobs=({"blob_id": "a"}, {"blob_id": "b"}),
+        blobs_done=1,
+        created_at=T0,
+        updated_at=T0,
+    )
     await repo.apply(WriteBatch(jobs=[job]))
     assert await repo.job("job-9") == job
     assert await repo.job("nope") is None
