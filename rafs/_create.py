@@ -65,7 +65,7 @@ def _import(source: Path, writer: BlobWriter) -> SourceEntry:
         return import_directory(source)
     from ._tarimport import import_tar
 
-    return import_tar(source, writer)
+    return import_tar(source, writer, keep_whiteouts=True)  # a layer: merge applies them
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -155,16 +155,25 @@ def _stream_label(stream: BinaryIO) -> str:
 # ---------------------------------------------------------------- applying a layer
 
 
-def import_tar(path: Path, sink: ChunkSink) -> SourceEntry:
-    """The tree of one tar layer (plain, gzip or zstd), its content stored through `sink`."""
+def import_tar(path: Path, sink: ChunkSink, *, keep_whiteouts: bool = False) -> SourceEntry:
+    """The tree of one tar layer (plain, gzip or zstd), its content stored through `sink`.
+
+    With `keep_whiteouts` the layer's `.wh.` entries stay in the tree as they are, so a
+    per-layer image can later be merged over the layers below it (`nydus-image merge`).
+    """
     root = new_root()
     with open_layer(path) as stream:
-        apply_layer(root, stream, sink)
+        apply_layer(root, stream, sink, keep_whiteouts=keep_whiteouts)
     return root
 
 
 def apply_layer(
-    root: SourceEntry, stream: BinaryIO, sink: ChunkSink, *, keep: Keep | None = None
+    root: SourceEntry,
+    stream: BinaryIO,
+    sink: ChunkSink,
+    *,
+    keep: Keep | None = None,
+    keep_whiteouts: bool = False,
 ) -> None:
     """Apply one uncompressed tar stream onto `root` with the OCI layer rules.
 
@@ -172,7 +181,9 @@ def apply_layer(
     `SourceEntry.walk` spells them) that `keep` rejects: those get `chunks = None`, and the
     caller promises that a later layer removes them.
     """
-    _LayerApplier(root, sink, keep, _stream_label(stream)).apply(stream)
+    applier = _LayerApplier(root, sink, keep, _stream_label(stream))
+    applier.keep_whiteouts = keep_whiteouts
+    applier.apply(stream)
 
 
 class _LayerApplier:
@@ -193,6 +204,7 @@ class _LayerApplier:
         self.origins = origins
         # Entries this layer created, updated or passed through: whiteouts spare them.
         self.touched: set[SourceEntry] = set()
+        self.keep_whiteouts = False  # record `.wh.` entries as files instead of applying them
 
     def apply(self, stream: BinaryIO) -> None:
         try:
@@ -210,7 +222,7 @@ class _LayerApplier:
 
     def _member(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         parts = self._member_parts(info)
-        if parts and parts[-1].startswith(_WHITEOUT):
+        if parts and parts[-1].startswith(_WHITEOUT) and not self.keep_whiteouts:
             self._whiteout(info, parts)
             return
         entry = self._entry(tar, info, parts)
