@@ -524,7 +524,7 @@ class Scheduler:
             if not bits:
                 continue
             peer = holding.peer
-            if not _eligible(peer, requester, blob, cutoff, self._banned):
+            if not _eligible(peer, requester, cutoff, self._banned):
                 continue
             if peer.load >= peer.capacity:
                 busy |= bits
@@ -923,16 +923,16 @@ def _rotation(items: list[_Holding], start: int) -> Iterator[_Holding]:
     yield from itertools.islice(items, 0, start)
 
 
-def _eligible(
-    peer: PeerState, requester: PeerState, blob: BlobState, cutoff: float, banned: set[str]
-) -> bool:
-    """May `peer` serve `requester` this blob at all (load aside)?"""
+def _eligible(peer: PeerState, requester: PeerState, cutoff: float, banned: set[str]) -> bool:
+    """May `peer` serve `requester` at all (load aside)?
+
+    The same-host rule also excludes the requester itself. Peers blacklisted for the blob
+    need no check: blacklisting drops their holding and `_add_chunks` ignores them.
+    """
     return not (
-        peer is requester
-        or peer.host_name == requester.host_name
+        peer.host_name == requester.host_name
         or peer.last_seen < cutoff
         or peer.capacity == 0
-        or peer.peer_id in blob.blacklist
         or peer.peer_id in banned
     )
 

@@ -355,7 +355,7 @@ def test_round_trip(kind: type[Message], fmt: protocol.Format, data: st.DataObje
 def test_fuzz_decode_raises_only_protocol_errors(data: bytes) -> None:
     for fmt in ("json", "msgpack"):
         with contextlib.suppress(ProtocolError):
-            decode(data, fmt)  # type: ignore[arg-type]
+            decode(data, fmt)
 
 
 @settings(max_examples=100, deadline=None)
