@@ -49,6 +49,8 @@ from protocol import (
 )
 from protocol._chunkset import bits_from_ranges, iter_runs
 
+from ._errors import SupernodeError
+
 __all__ = [
     "BlobState",
     "ChunkCountMismatch",
@@ -90,8 +92,8 @@ class PolicyConfig:
     ewma_alpha: float = 0.3
 
 
-class PolicyError(Exception):
-    """Base of the errors the scheduling policy raises."""
+class PolicyError(SupernodeError):
+    """Base of the errors the scheduling policy raises (part of the supernode's tree)."""
 
 
 class UnknownPeer(PolicyError):

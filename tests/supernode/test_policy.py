@@ -673,3 +673,11 @@ def test_stats_count_decisions_and_plans(mesh: Mesh) -> None:
     mesh.ask("me", (0, 20))
     stats = mesh.s.stats
     assert (stats.decisions, stats.parent_plans, stats.origin_plans) == (1, 1, 1)
+
+
+def test_policy_errors_belong_to_the_supernode_tree() -> None:
+    from supernode import SupernodeError
+
+    for error in (UnknownPeer, UnknownJob, ChunkCountMismatch):
+        assert issubclass(error, _policy.PolicyError)
+        assert issubclass(error, SupernodeError)
