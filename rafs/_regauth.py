@@ -83,7 +83,20 @@ def token_from_json(body: object, now: float) -> BearerToken:
 
 
 def scope_key(scopes: Iterable[str]) -> ScopeKey:
-    return tuple(sorted(set(scopes)))
+    """Scopes in one canonical form: actions of one resource merged and sorted.
+
+    `repository:a:pull` + `repository:a:push,pull` -> (`repository:a:pull,push`,)."""
+    actions: dict[str, set[str]] = {}
+    for scope in scopes:
+        resource, sep, names = scope.rpartition(":")
+        if not sep or ":" not in resource:  # not type:name:actions, keep it whole
+            actions.setdefault(scope, set())
+            continue
+        actions.setdefault(resource, set()).update(a for a in names.split(",") if a)
+    return tuple(
+        f"{resource}:{','.join(sorted(names))}" if names else resource
+        for resource, names in sorted(actions.items())
+    )
 
 
 @dataclass(slots=True)

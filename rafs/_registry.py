@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -701,7 +702,7 @@ class RegistryClient:
                 method,
                 yarl.URL(url, encoded=True),
                 headers=headers,
-                data=data,
+                data=_body(data),
                 allow_redirects=False,
             )
             if resp.status not in _REDIRECTS or "Location" not in resp.headers:
@@ -790,6 +791,11 @@ def _pread_file(path: Path, offset: int, length: int) -> bytes:
 def _file_digest(path: Path) -> str:
     with open(path, "rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _body(data: bytes | None) -> bytes | io.BytesIO | None:
+    """Large bodies as a file object (aiohttp sends those without blocking the loop)."""
+    return io.BytesIO(data) if data is not None and len(data) > 1 << 20 else data
 
 
 def _same_origin(url: str, base: str) -> bool:
