@@ -1,6 +1,7 @@
-"""An OCI Distribution client on aiohttp: image references, manifests (OCI and Docker, image
-indexes with platform selection), blobs (whole, ranged, streamed, pushed) and the
-registry's Basic/Bearer auth challenge flow.
+"""An OCI Distribution client on aiohttp: manifests (OCI and Docker, image indexes with
+platform selection), blobs (whole, ranged, streamed, pushed) and the registry's
+Basic/Bearer auth challenge flow. References and manifests are in `_oci`, the auth
+bookkeeping in `_regauth`, the exception tree in `_regerrors`; all are re-exported here.
 
 The rules it keeps:
 - every aiohttp exception becomes a `RegistryError` in exactly one place (`_translated`),
@@ -10,15 +11,7 @@ The rules it keeps:
 - an Authorization header goes only to the registry's own origin, never to a host a
   redirect points at; bytes handed back are checked against the digest they were asked by.
 
-Exception tree (all are `rafs.RafsError`):
-
-    RegistryError                 status, registry, repo, digest, code
-    ├── InvalidReference          a reference string that does not parse
-    ├── NotFound                  404: unknown repository, manifest or blob
-    │   └── PlatformNotFound      an index without the platform asked for
-    ├── Unauthorized              401/403 after credentials (or none) were tried
-    ├── RegistryUnavailable       5xx, 429, resets, timeouts (raised after the retries)
-    └── BadResponse               a reply breaking the protocol: digest, length, JSON
+The exception tree (`RegistryError` and its subclasses) is documented in `_regerrors`.
 """
 
 from __future__ import annotations
@@ -31,7 +24,6 @@ import json
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +34,22 @@ from urllib.parse import quote, urljoin, urlsplit
 import aiohttp
 import yarl
 
-from ._errors import RafsError
+from ._oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageReference,
+    Manifest,
+    Platform,
+    is_digest,
+    media_type_of,
+    select_platform,
+    sha256_digest,
+)
 from ._regauth import (
     AuthState,
     Challenge,
@@ -52,225 +59,45 @@ from ._regauth import (
     scope_key,
     token_from_json,
 )
+from ._regerrors import (
+    BadResponse,
+    InvalidReference,
+    NotFound,
+    PlatformNotFound,
+    RegistryError,
+    RegistryUnavailable,
+    Unauthorized,
+)
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "BadResponse",
+    "Descriptor",
+    "ImageReference",
+    "InvalidReference",
+    "Manifest",
+    "NotFound",
+    "Platform",
+    "PlatformNotFound",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryUnavailable",
+    "RetryPolicy",
+    "Unauthorized",
+    "base_url_for",
+    "sha256_digest",
+]
 
 log = logging.getLogger("rafs.registry")
 T = TypeVar("T")
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
-INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 MAX_MANIFEST_SIZE = 4 << 20
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
-
-_REPO = re.compile(
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-)
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
-
-
-# --- errors ---------------------------------------------------------------------------
-
-
-class RegistryError(RafsError):
-    """A registry request failed; carries what it was about."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        registry: str = "",
-        repo: str = "",
-        digest: str = "",
-        status: int | None = None,
-        code: str = "",
-    ) -> None:
-        context = [
-            f"registry {registry}" if registry else "",
-            f"repository {repo}" if repo else "",
-            digest,
-            f"HTTP {status}" if status else "",
-            code,
-        ]
-        where = ", ".join(part for part in context if part)
-        super().__init__(f"{message} ({where})" if where else message)
-        self.registry = registry
-        self.repo = repo
-        self.digest = digest
-        self.status = status
-        self.code = code
-
-
-class InvalidReference(RegistryError):
-    """An image reference that does not parse."""
-
-
-class NotFound(RegistryError):
-    """The registry has no such repository, manifest or blob."""
-
-
-class PlatformNotFound(NotFound):
-    """An image index lists no manifest for the platform asked for."""
-
-
-class Unauthorized(RegistryError):
-    """The registry (or its token service) refused the credentials, or wanted some."""
-
-
-class RegistryUnavailable(RegistryError):
-    """A transient failure: 5xx, 429, a reset connection or a timeout."""
-
-    retry_after: float = 0.0
-
-
-class BadResponse(RegistryError):
-    """The registry answered something the protocol does not allow."""
-
-
-# --- references, descriptors, manifests -----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ImageReference:
-    """`host[:port]/repo[:tag|@digest]`; names without a host are Docker Hub's."""
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ImageReference:
-        rest = re.sub(r"^[a-z]+://", "", text.strip())
-        rest, _, digest = rest.partition("@")
-        host, repo = _split_host(rest)
-        tag = None
-        if ":" in repo.rsplit("/", 1)[-1]:
-            repo, _, tag = repo.rpartition(":")
-        if not _REPO.fullmatch(repo):
-            raise InvalidReference(f"bad repository name {repo!r} in reference {text!r}")
-        if tag is not None and not _TAG.fullmatch(tag):
-            raise InvalidReference(f"bad tag {tag!r} in reference {text!r}")
-        if digest and not _DIGEST.fullmatch(digest):
-            raise InvalidReference(f"bad digest {digest!r} in reference {text!r}")
-        return cls(host, repo, tag, digest or None)
-
-    @property
-    def ref(self) -> str:
-        """What goes after `/manifests/`: the digest if any, else the tag (default latest)."""
-        return self.digest or self.tag or "latest"
-
-    def __str__(self) -> str:
-        tail = (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
-        return f"{self.registry}/{self.repository}{tail}"
-
-
-def _split_host(text: str) -> tuple[str, str]:
-    first, sep, rest = text.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first, rest
-    if not sep:
-        return "docker.io", f"library/{text}"
-    return "docker.io", text
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"platform must be os/arch[/variant], got {text!r}")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-
-    def matches(self, spec: Mapping[str, Any] | None) -> bool:
-        if not spec or spec.get("os") != self.os or spec.get("architecture") != self.architecture:
-            return False
-        return self.variant is None or spec.get("variant") == self.variant
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """A content descriptor: what a manifest says about a blob or another manifest."""
-
-    media_type: str
-    digest: str
-    size: int
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    platform: Mapping[str, Any] | None = None
-    urls: tuple[str, ...] = ()
-
-    @classmethod
-    def from_json(cls, value: Any) -> Descriptor:
-        if not isinstance(value, dict) or not isinstance(value.get("digest"), str):
-            raise ValueError(f"not a descriptor: {value!r:.120}")
-        return cls(
-            media_type=str(value.get("mediaType", "")),
-            digest=value["digest"],
-            size=int(value.get("size", 0)),
-            annotations=dict(value.get("annotations") or {}),
-            platform=value.get("platform"),
-            urls=tuple(value.get("urls") or ()),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest}
-        out["size"] = self.size
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        if self.platform:
-            out["platform"] = dict(self.platform)
-        if self.urls:
-            out["urls"] = list(self.urls)
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """A manifest or index as the registry sent it: `raw` is what `digest` was taken of."""
-
-    media_type: str
-    digest: str
-    raw: bytes
-    body: Mapping[str, Any]
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEX_TYPES
-
-    @property
-    def config(self) -> Descriptor | None:
-        value = self.body.get("config")
-        return Descriptor.from_json(value) if value else None
-
-    @property
-    def layers(self) -> list[Descriptor]:
-        return [Descriptor.from_json(d) for d in self.body.get("layers") or ()]
-
-    @property
-    def manifests(self) -> list[Descriptor]:
-        return [Descriptor.from_json(d) for d in self.body.get("manifests") or ()]
-
-    @property
-    def annotations(self) -> Mapping[str, str]:
-        return dict(self.body.get("annotations") or {})
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
 
 # --- retries --------------------------------------------------------------------------
 
@@ -371,6 +198,7 @@ class RegistryClient:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._auth = AuthState()
+        self._token_locks: dict[ScopeKey, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0  # HTTP requests sent, redirects and token fetches included
         self.token_fetches = 0
@@ -403,7 +231,7 @@ class RegistryClient:
         found = await self._retrying(f"GET manifest {repo}:{ref}", self._fetch_manifest, repo, ref)
         if not found.is_index or platform is None:
             return found
-        chosen = _select_platform(found, Platform.parse(platform), self.registry, repo)
+        chosen = select_platform(found, Platform.parse(platform), self.registry, repo)
         return await self._retrying(
             f"GET manifest {repo}@{chosen.digest}", self._fetch_manifest, repo, chosen.digest
         )
@@ -650,13 +478,21 @@ class RegistryClient:
         challenges = parse_challenges(resp.headers.getall("WWW-Authenticate", []))
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is not None:
-            self._auth.forget(call.scopes)
-            return "Bearer " + await self._fetch_token(call, bearer)
+            return await self._bearer(call, bearer, sent)
         if any(c.scheme == "basic" for c in challenges) and self.username is not None:
             header = basic_header(self.username, self.password or "")
             self._auth.scheme, self._auth.basic = "basic", header
             return None if sent == header else header
         return None
+
+    async def _bearer(self, call: _Call, challenge: Challenge, sent: str | None) -> str:
+        """A token for the call's scopes: one another request fetched meanwhile, or a new one."""
+        async with self._token_locks.setdefault(call.scopes, asyncio.Lock()):
+            cached = self._auth.header_for(call.scopes, time.monotonic())
+            if cached is not None and cached != sent:
+                return cached
+            self._auth.forget(call.scopes)
+            return "Bearer " + await self._fetch_token(call, challenge)
 
     async def _fetch_token(self, call: _Call, challenge: Challenge) -> str:
         realm = challenge.params.get("realm")
@@ -896,7 +732,7 @@ def _parse_manifest(
     raw: bytes, headers: Mapping[str, str], ref: str, call: _Call, registry: str
 ) -> Manifest:
     context: dict[str, Any] = {"registry": registry, "repo": call.repo, "digest": ref}
-    if _DIGEST.fullmatch(ref):
+    if is_digest(ref):
         _check_digest(raw, ref, call, registry)
     digest = sha256_digest(raw)
     sent = headers.get("Docker-Content-Digest")
@@ -908,39 +744,7 @@ def _parse_manifest(
         raise BadResponse(f"manifest is not JSON: {exc}", **context) from None
     if not isinstance(body, dict):
         raise BadResponse("manifest is not a JSON object", **context)
-    media_type = _media_type(headers.get("Content-Type", ""), body)
+    media_type = media_type_of(headers.get("Content-Type", ""), body)
     if media_type not in (*MANIFEST_TYPES, *INDEX_TYPES):
         raise BadResponse(f"unsupported manifest media type {media_type!r}", **context)
     return Manifest(media_type, digest, raw, body)
-
-
-def _media_type(content_type: str, body: Mapping[str, Any]) -> str:
-    declared = body.get("mediaType")
-    if isinstance(declared, str) and declared:
-        return declared
-    sent = content_type.split(";", 1)[0].strip()
-    if sent in (*MANIFEST_TYPES, *INDEX_TYPES):
-        return sent
-    # an OCI manifest may omit mediaType: tell it by its fields
-    return OCI_INDEX if "manifests" in body else OCI_MANIFEST if "layers" in body else sent
-
-
-def _select_platform(index: Manifest, want: Platform, registry: str, repo: str) -> Descriptor:
-    entries = index.manifests
-    for entry in entries:
-        if want.matches(entry.platform):
-            return entry
-    offered = sorted({_platform_text(e.platform) for e in entries})
-    raise PlatformNotFound(
-        f"index has no manifest for {want}; it offers {', '.join(offered)}",
-        registry=registry,
-        repo=repo,
-        digest=index.digest,
-    )
-
-
-def _platform_text(spec: Mapping[str, Any] | None) -> str:
-    if not spec:
-        return "(no platform)"
-    parts = (spec.get("os"), spec.get("architecture"), spec.get("variant"))
-    return "/".join(str(p) for p in parts if p)

@@ -137,6 +137,16 @@ async def test_bearer_flow_fetches_one_token_per_scope(registry_bearer: Registry
                              ("repository:bearer/app:pull,push",)]  # fmt: skip
 
 
+async def test_concurrent_requests_share_one_token(registry_bearer: RegistryServer) -> None:
+    data = os.urandom(80_000)
+    async with registry_bearer.client() as client:
+        digest = await client.push_blob("bearer/many", data)
+    async with registry_bearer.client() as client:
+        reads = [client.get_blob("bearer/many", digest, range=(i * 8000, 8000)) for i in range(10)]
+        assert b"".join(await asyncio.gather(*reads)) == data
+        assert client.token_fetches == 1
+
+
 async def test_bearer_token_refused_by_registry_is_fetched_again(
     registry_bearer: RegistryServer,
 ) -> None:
