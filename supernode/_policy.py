@@ -284,7 +284,7 @@ class BlobState:
         self.origin_url = origin_url
         self.holders: list[_Holding] = []
         self.any_bits = 0  # chunks held by at least one holder
-        self.counts = [0] * chunk_count  # holders per chunk
+        self.counts: list[int] = []  # holders per chunk, allocated with the first holder
         self.cursor = 0  # where the next holder scan starts (round robin)
         self.blacklist: set[str] = set()
         self.flights: dict[str, _SeedFlight] = {}
@@ -302,6 +302,8 @@ class BlobState:
         if new:
             holding.bits |= new
             self.any_bits |= new
+            if not self.counts:  # a request alone never costs memory per chunk
+                self.counts = [0] * self.chunk_count
             counts = self.counts
             for start, end in iter_runs(new):
                 counts[start:end] = [count + 1 for count in counts[start:end]]
@@ -320,7 +322,7 @@ class BlobState:
 
     def rarity(self, start: int, end: int) -> int:
         """Fewest holders of any chunk in `[start, end)`."""
-        return min(self.counts[start:end])
+        return min(self.counts[start:end]) if self.counts else 0
 
     def refresh_seeding(self) -> None:
         """Recompute the chunks under an unfinished seed flight."""

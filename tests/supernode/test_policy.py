@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+import protocol
 from protocol import (
     Announce,
     ChunkSet,
@@ -664,6 +665,15 @@ def test_the_policy_imports_no_io_and_no_clock() -> None:
     }
     forbidden = {"asyncio", "aiohttp", "socket", "time", "datetime", "sqlalchemy", "random", "os"}
     assert not names & forbidden
+
+
+def test_asking_for_a_huge_blob_costs_no_memory_per_chunk(mesh: Mesh) -> None:
+    mesh.add("me")
+    huge = protocol.MAX_CHUNKS
+    msg = ScheduleRequest(peer_id="me", blob_id=OTHER, chunk_count=huge, wanted=((0, 10),))
+    assert isinstance(only_plan(mesh.s.schedule(msg, mesh.now)), FromOrigin)
+    blob = mesh.s.blob(OTHER)
+    assert blob is not None and blob.counts == []
 
 
 def test_stats_count_decisions_and_plans(mesh: Mesh) -> None:
