@@ -9,8 +9,9 @@ raises `ChunkDigestMismatch` naming blob, chunk, expected and actual digest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ._chunksource import BlobBackend, BlobRef, FetchedChunk, verify_chunk
 from ._errors import RafsError
@@ -20,6 +21,7 @@ DEFAULT_MERGE_GAP = 128 << 10
 DEFAULT_MAX_REQUEST = 8 << 20
 DEFAULT_CONCURRENCY = 8
 
+T = TypeVar("T")
 _Span = tuple[int, int, bytes]  # (compressed_offset, compressed_size, digest)
 
 
@@ -92,7 +94,7 @@ class OriginSource:
 
     async def get(self, blob: BlobRef, chunks: Sequence[ChunkInfo]) -> list[FetchedChunk]:
         groups = plan_reads(chunks, self.merge_gap, self.max_request)
-        results = await asyncio.gather(*(self._fetch(blob, g) for g in groups))
+        results = await _all_or_none([self._fetch(blob, g) for g in groups])
         found = {span: fetched for result in results for span, fetched in result.items()}
         return [_as_asked(found[_span(c)], c) for c in chunks]
 
@@ -101,8 +103,8 @@ class OriginSource:
 
     async def _fetch(self, blob: BlobRef, group: ReadGroup) -> dict[_Span, FetchedChunk]:
         async with self._slots:
+            self.requests += 1
             data = await self.backend.read(blob.blob_id, group.offset, group.length)
-        self.requests += 1
         self.bytes_read += len(data)
         return await asyncio.to_thread(self._verify_group, blob, group, data)
 
@@ -120,6 +122,18 @@ class OriginSource:
             self.chunks_verified += 1
             verified[_span(chunk)] = fetched
         return verified
+
+
+async def _all_or_none(jobs: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run the jobs concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _as_asked(fetched: FetchedChunk, asked: ChunkInfo) -> FetchedChunk:

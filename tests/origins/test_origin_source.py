@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rafs import ChunkDigestMismatch, ChunkInfo
+from rafs import BlobMissing, ChunkDigestMismatch, ChunkInfo
 from rafs._backends import LocalDirBackend, RegistryBackend
 from rafs._chunksource import ChunkSource
 from rafs._origin import OriginSource, plan_reads
@@ -127,6 +127,29 @@ async def test_corrupted_chunk_names_blob_chunk_and_digests(blob: StoredBlob) ->
     assert error.actual == blob.ref.digester.hash(blob.path.read_bytes()[5 * CHUNK : 6 * CHUNK])
     assert error.expected.hex() in str(error) and error.actual.hex() in str(error)
     assert source.chunks_failed == 1
+
+
+class FailingFirstBackend(CountingBackend):
+    """Fails the read at offset 0 at once; every other read is slow."""
+
+    completed = 0
+
+    async def read(self, blob_id: str, offset: int, length: int) -> bytes:
+        if offset == 0:
+            raise BlobMissing(f"blob {blob_id} vanished")
+        await asyncio.sleep(5)
+        self.completed += 1
+        return await super().read(blob_id, offset, length)
+
+
+async def test_a_failed_group_cancels_the_others(blob: StoredBlob) -> None:
+    backend = FailingFirstBackend(blob.path.parent)
+    source = OriginSource(backend, merge_gap=0, max_request=CHUNK)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(BlobMissing, match="vanished"):
+        await source.get(blob.ref, list(blob.chunks))
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert backend.completed == 0
 
 
 async def test_empty_request_reads_nothing(blob: StoredBlob) -> None:
