@@ -157,172 +157,77 @@ def _schema(kind: Any) -> dict[str, Any]:
 
 
 _SEED_PARAMS = (
-    Param("peer_id", "query", _schema(PeerId), description="The polling seed"),
-    Param(
-        "limit", "query", _schema(SeedTaskLimit), required=False, description="Most tasks to take"
-    ),
+    Param("peer_id", "query", _schema(PeerId), description="The polling seed", example="s1"),
+    Param("limit", "query", _schema(SeedTaskLimit), False, "Most tasks to take", 16),
 )
-_JOB_PARAM = (Param("job_id", "path", _schema(JobId)),)
+_JOB_PARAM = (Param("job_id", "path", _schema(JobId), example="job-0123456789abcdef"),)
+
+# Request examples that work against a small mesh: peers p1..p3 and seed s1, with p1
+# holding half of blob ab..ab. The documentation shows them; schemathesis sends them.
+_BLOB = "ab" * 32
+_EXAMPLES: dict[str, dict[str, Any]] = {
+    "register": {"type": "register", "peer_id": "p2", "host_name": "host-2", "ip": "127.0.0.1",
+                 "upload_port": 65002, "http_url": "http://127.0.0.1:65002",
+                 "labels": {"zone": "zone-a"}},
+    "heartbeat": {"type": "heartbeat", "peer_id": "p2", "current_uploads": 1},
+    "leave": {"type": "leave", "peer_id": "p3"},
+    "announce": {"type": "announce", "peer_id": "p1", "blob_id": _BLOB, "chunk_count": 64,
+                 "ranges": [[0, 32]]},
+    "schedule": {"type": "schedule", "peer_id": "p2", "blob_id": _BLOB, "chunk_count": 64,
+                 "origin_url": f"http://127.0.0.1:5000/v2/app/blobs/sha256:{_BLOB}"},
+    "pieceResults": {"type": "piece_results", "peer_id": "p2", "blob_id": _BLOB,
+                     "results": [{"parent_id": "p1", "chunks_ok": 32, "bytes": 131072,
+                                  "duration_ms": 12}]},
+    "preheat": {"type": "preheat", "blobs": [
+        {"blob_id": "cd" * 32, "origin_url": "http://127.0.0.1:5000/v2/app/blobs/sha256:"
+         + "cd" * 32, "chunk_count": 16}]},
+    "blacklist": {"type": "blacklist", "peer_id": "p3", "blob_id": _BLOB,
+                  "reason": "maintenance"},
+}  # fmt: skip
 
 
-def _op(method: str, path: str, op_id: str, summary: str, role: str, **kw: Any) -> Operation:
-    return Operation(method, path, op_id, summary, role, **kw)
+def _endpoint(
+    method: str, path: str, op_id: str, role: str, handler: Handler, summary: str, **kw: Any
+) -> Endpoint:
+    operation = Operation(method, path, op_id, summary, role, example=_EXAMPLES.get(op_id), **kw)
+    return Endpoint(operation, handler)
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
-        _op(
-            "POST",
-            f"{API}/peers/register",
-            "register",
-            "Register a peer or seed",
-            "peer",
-            request=Register,
-            response=RegisterAnswer,
-        ),
-        register,
-    ),
-    Endpoint(
-        _op(
-            "POST",
-            f"{API}/peers/heartbeat",
-            "heartbeat",
-            "Keep a peer alive; seeds receive tasks",
-            "peer",
-            request=Heartbeat,
-            response=HeartbeatAnswer,
-        ),
-        heartbeat,
-    ),
-    Endpoint(
-        _op("POST", f"{API}/peers/leave", "leave", "Leave the mesh", "peer", request=Leave), leave
-    ),
-    Endpoint(
-        _op(
-            "POST",
-            f"{API}/announce",
-            "announce",
-            "Announce verified chunks held",
-            "peer",
-            request=Announce,
-            errors=(404, 409),
-        ),
-        announce,
-    ),
-    Endpoint(
-        _op(
-            "POST",
-            f"{API}/schedule",
-            "schedule",
-            "Where to fetch wanted chunks",
-            "peer",
-            request=ScheduleRequest,
-            response=ScheduleAnswer,
-            errors=(404, 409),
-        ),
-        schedule,
-    ),
-    Endpoint(
-        _op(
-            "POST",
-            f"{API}/piece-results",
-            "pieceResults",
-            "Report how parents served",
-            "peer",
-            request=PieceResults,
-            errors=(404,),
-        ),
-        piece_results,
-    ),
-    Endpoint(
-        _op(
-            "GET",
-            f"{API}/seed-tasks",
-            "seedTasks",
-            "A seed takes its next tasks",
-            "peer",
-            response=SeedTaskBatch,
-            params=_SEED_PARAMS,
-            errors=(404, 409),
-        ),
-        seed_tasks,
-    ),
-    Endpoint(
-        _op(
-            "POST",
-            f"{API}/admin/preheat",
-            "preheat",
-            "Seed an image or blobs before peers ask",
-            "admin",
-            request=PreheatRequest,
-            response=JobStatus,
-            status=202,
-            errors=(409,),
-        ),
-        preheat,
-    ),
-    Endpoint(
-        _op(
-            "GET",
-            f"{API}/admin/preheat/{{job_id}}",
-            "preheatStatus",
-            "Progress of a preheat job",
-            "admin",
-            response=JobStatus,
-            params=_JOB_PARAM,
-            errors=(404,),
-        ),
-        job_status,
-    ),
-    Endpoint(
-        _op(
-            "POST",
-            f"{API}/admin/blacklist",
-            "blacklist",
-            "Bar a peer from serving a blob, or any blob",
-            "admin",
-            request=BlacklistRequest,
-        ),
-        add_blacklist,
-    ),
-    Endpoint(
-        _op(
-            "GET",
-            f"{API}/admin/blacklist",
-            "blacklistEntries",
-            "Every blacklist entry",
-            "admin",
-            response=Blacklist,
-        ),
-        list_blacklist,
-    ),
-    Endpoint(
-        _op("GET", "/healthz", "healthz", "Liveness and database check", "public", response=Health),
-        healthz,
-    ),
-    Endpoint(
-        _op(
-            "GET",
-            "/metrics",
-            "metrics",
-            "Prometheus metrics",
-            "public",
-            response_media="text/plain",
-        ),
-        metrics,
-    ),
-    Endpoint(
-        _op(
-            "GET",
-            "/openapi.json",
-            "openapi",
-            "This document",
-            "public",
-            response_media="application/json",
-        ),
-        openapi,
-    ),
-)
+    _endpoint("POST", f"{API}/peers/register", "register", "peer", register,
+              "Register a peer or seed", request=Register, response=RegisterAnswer),
+    _endpoint("POST", f"{API}/peers/heartbeat", "heartbeat", "peer", heartbeat,
+              "Keep a peer alive; seeds receive tasks", request=Heartbeat,
+              response=HeartbeatAnswer),
+    _endpoint("POST", f"{API}/peers/leave", "leave", "peer", leave, "Leave the mesh",
+              request=Leave),
+    _endpoint("POST", f"{API}/announce", "announce", "peer", announce,
+              "Announce verified chunks held", request=Announce, errors=(404, 409)),
+    _endpoint("POST", f"{API}/schedule", "schedule", "peer", schedule,
+              "Where to fetch wanted chunks", request=ScheduleRequest,
+              response=ScheduleAnswer, errors=(404, 409)),
+    _endpoint("POST", f"{API}/piece-results", "pieceResults", "peer", piece_results,
+              "Report how parents served", request=PieceResults, errors=(404,)),
+    _endpoint("GET", f"{API}/seed-tasks", "seedTasks", "peer", seed_tasks,
+              "A seed takes its next tasks", response=SeedTaskBatch, params=_SEED_PARAMS,
+              errors=(404, 409)),
+    _endpoint("POST", f"{API}/admin/preheat", "preheat", "admin", preheat,
+              "Seed an image or blobs before peers ask", request=PreheatRequest,
+              response=JobStatus, status=202, errors=(409,)),
+    _endpoint("GET", f"{API}/admin/preheat/{{job_id}}", "preheatStatus", "admin", job_status,
+              "Progress of a preheat job", response=JobStatus, params=_JOB_PARAM,
+              errors=(404,)),
+    _endpoint("POST", f"{API}/admin/blacklist", "blacklist", "admin", add_blacklist,
+              "Bar a peer from serving a blob, or any blob", request=BlacklistRequest),
+    _endpoint("GET", f"{API}/admin/blacklist", "blacklistEntries", "admin", list_blacklist,
+              "Every blacklist entry", response=Blacklist),
+    _endpoint("GET", "/healthz", "healthz", "public", healthz,
+              "Liveness and database check", response=Health),
+    _endpoint("GET", "/metrics", "metrics", "public", metrics, "Prometheus metrics",
+              response_media="text/plain"),
+    _endpoint("GET", "/openapi.json", "openapi", "public", openapi, "This document",
+              response_media="application/json"),
+)  # fmt: skip
 
 ROLES: dict[str, str] = {e.operation.path: e.operation.role for e in ENDPOINTS}
 

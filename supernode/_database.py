@@ -41,6 +41,13 @@ def normalize_url(url_or_path: str) -> str:
     return url.set(drivername=_DRIVERS[backend]).render_as_string(hide_password=False)
 
 
+def describe(exc: Exception) -> str:
+    """One line about a database failure: the driver's own error when there is one."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines() or [""]
+    return f"{type(original).__name__}: {lines[0]}"
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -52,10 +59,18 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _check_sqlite_directory(url: str) -> None:
+    """Refuse early: a SQLite file in a missing directory cannot be created."""
+    database = make_url(url).database or ""
+    if database and database != ":memory:" and not Path(database).parent.is_dir():
+        raise DatabaseError(f"no directory {str(Path(database).parent)!r} for {database!r}")
+
+
 def open_engine(url_or_path: str) -> AsyncEngine:
     """An engine for `url_or_path`; the caller disposes of it."""
     url = normalize_url(url_or_path)
     if is_sqlite(url):
+        _check_sqlite_directory(url)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine

@@ -8,11 +8,12 @@ the one the Accept header asks for).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -48,6 +49,16 @@ def reply_format(request: web.Request) -> Format:
     return "msgpack" if any(t in accept for t in MSGPACK_TYPES) else "json"
 
 
+class _NoMessage(Message, tag="no_message", frozen=True):
+    """Never sent: its presence makes the decoder insist on a body's `type` tag."""
+
+
+@functools.cache
+def _tagged(kind: type[M]) -> Any:
+    """`kind` as a tagged union, so a body without the right `type` is refused."""
+    return kind | _NoMessage
+
+
 async def read_message(request: web.Request, kind: type[M]) -> M:
     """Decode and validate the body as one `kind` message, or raise a 4xx `ApiError`."""
     try:
@@ -55,9 +66,12 @@ async def read_message(request: web.Request, kind: type[M]) -> M:
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(exc.text or "request body too large") from None
     try:
-        return decode(data, body_format(request), kind)
+        msg = decode(data, body_format(request), _tagged(kind))
     except ProtocolError as exc:
         raise _bad_request(exc) from None
+    if not isinstance(msg, kind):
+        raise BadRequest(f"expected a {kind.__name__} message", "$.type")
+    return msg
 
 
 def _bad_request(exc: ProtocolError) -> BadRequest:

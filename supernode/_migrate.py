@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from migrations import SCRIPT_LOCATION
 
+from ._database import describe
 from ._errors import DatabaseError
 
 Step = Callable[[Config, str], None]
@@ -55,7 +56,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         async with engine.connect() as connection:
             return await connection.run_sync(_current)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"reading the schema version failed: {exc}") from exc
+        raise DatabaseError(f"reading the schema version failed: {describe(exc)}") from exc
 
 
 def _current(connection: Connection) -> str | None:
@@ -67,7 +68,7 @@ async def _run(engine: AsyncEngine, step: Step, revision: str) -> None:
         async with engine.begin() as connection:
             await connection.run_sync(_step_on, step, revision)
     except (SQLAlchemyError, CommandError) as exc:
-        raise DatabaseError(f"migrating to {revision!r} failed: {exc}") from exc
+        raise DatabaseError(f"migrating to {revision!r} failed: {describe(exc)}") from exc
 
 
 def _step_on(connection: Connection, step: Step, revision: str) -> None:

@@ -8,7 +8,7 @@ and every status it can answer (each error status with the `ErrorBody` schema).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ class Param:
     schema: Json
     required: bool = True
     description: str = ""
+    example: Any = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Operation:
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()
     response_media: str = ""  # a fixed non-JSON media type (metrics)
-    tags: tuple[str, ...] = field(default=())
+    example: Json | None = None  # a request body that works against a small mesh
 
 
 def build_document(operations: Iterable[Operation], title: str, version: str) -> Json:
@@ -97,12 +98,13 @@ def _operation(op: Operation) -> Json:
         "security": _SECURITY[op.role],
         "responses": _responses(op),
     }
-    if op.tags:
-        doc["tags"] = list(op.tags)
     if op.params:
         doc["parameters"] = [_parameter(p) for p in op.params]
     if op.request is not None:
-        content = {media: {"schema": _ref(op.request)} for media in BODY_TYPES}
+        media_type: Json = {"schema": _ref(op.request)}
+        if op.example is not None:
+            media_type["example"] = op.example
+        content = {media: media_type for media in BODY_TYPES}
         doc["requestBody"] = {"required": True, "content": content}
     return doc
 
@@ -116,11 +118,14 @@ def _parameter(param: Param) -> Json:
     }
     if param.description:
         doc["description"] = param.description
+    if param.example is not None:
+        doc["example"] = param.example
     return doc
 
 
 def _responses(op: Operation) -> Json:
-    responses: Json = {str(op.status): _success(op)}
+    status = op.status if op.response is not None or op.response_media else 204
+    responses: Json = {str(status): _success(op)}
     for status in _error_statuses(op):
         responses[str(status)] = {
             "description": _ERROR_TEXT[status],
@@ -131,7 +136,8 @@ def _responses(op: Operation) -> Json:
 
 def _success(op: Operation) -> Json:
     if op.response_media:
-        return {"description": "OK", "content": {op.response_media: {"schema": {"type": "string"}}}}
+        schema = {"type": "object" if op.response_media.endswith("json") else "string"}
+        return {"description": "OK", "content": {op.response_media: {"schema": schema}}}
     if op.response is None:
         return {"description": "Done, nothing to say"}
     media = BODY_TYPES if op.request is not None or op.role != "public" else BODY_TYPES[:1]

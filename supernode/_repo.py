@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ._database import describe
 from ._errors import DatabaseError
 from ._models import (
     Availability,
@@ -179,7 +180,7 @@ class Repository:
             async with self._sessions.begin() as session:
                 await self._apply(session, batch, utcnow())
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"writing {len(batch)} records failed: {exc}") from exc
+            raise DatabaseError(f"writing {len(batch)} records failed: {describe(exc)}") from exc
 
     async def load(self) -> Snapshot:
         """Everything needed to rebuild the scheduler after a restart."""
@@ -187,7 +188,7 @@ class Repository:
             async with self._sessions() as session:
                 return await self._load(session)
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"loading state failed: {exc}") from exc
+            raise DatabaseError(f"loading state failed: {describe(exc)}") from exc
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""

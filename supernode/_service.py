@@ -154,6 +154,11 @@ class Supernode:
     def report(self, msg: PieceResults) -> None:
         with _translated():
             self.scheduler.report(msg, self._clock())
+        for result in msg.results:
+            if result.digest_mismatch and self.scheduler.is_blacklisted(
+                result.parent_id, msg.blob_id
+            ):
+                self._reasons.setdefault((result.parent_id, msg.blob_id), MISMATCH_REASON)
 
     def seed_tasks(self, peer_id: str, limit: int | None = None) -> SeedTaskBatch:
         with _translated():

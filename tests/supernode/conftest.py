@@ -157,6 +157,16 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 TOKEN = "cluster-secret"
 ADMIN_TOKEN = "admin-secret"
 PEER_AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MESSAGE_TYPES = {
+    "/api/v1/peers/register": "register",
+    "/api/v1/peers/heartbeat": "heartbeat",
+    "/api/v1/peers/leave": "leave",
+    "/api/v1/announce": "announce",
+    "/api/v1/schedule": "schedule",
+    "/api/v1/piece-results": "piece_results",
+    "/api/v1/admin/preheat": "preheat",
+    "/api/v1/admin/blacklist": "blacklist",
+}
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -170,8 +180,13 @@ class RunningSupernode:
     http: aiohttp.ClientSession
 
     async def post(self, path: str, body: Any, auth: dict[str, str] | None = None) -> Any:
-        """POST JSON with the cluster token; returns (status, decoded JSON or None)."""
+        """POST a message as JSON, tagged with the type its path takes, as protocol clients do.
+
+        Sends the cluster token unless `auth` says otherwise; returns (status, JSON or None).
+        """
         headers = PEER_AUTH if auth is None else auth
+        if isinstance(body, dict) and path in MESSAGE_TYPES:
+            body = {"type": MESSAGE_TYPES[path], **body}
         async with self.http.post(self.url + path, json=body, headers=headers) as response:
             data = await response.read()
             return response.status, (json.loads(data) if data else None)

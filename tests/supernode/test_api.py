@@ -26,6 +26,7 @@ OTHER_BLOB = "cd" * 32
 
 
 def register_body(peer_id: str, host: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A register message without its `type` tag (`RunningSupernode.post` adds that)."""
     port = 9000 + int(peer_id.strip("abcdefghijklmnopqrstuvwxyz-") or 0)
     body = {
         "peer_id": peer_id,
@@ -219,7 +220,7 @@ async def test_silent_peers_expire(tmp_path: Path, http: aiohttp.ClientSession) 
 
 
 async def test_msgpack_in_msgpack_out(supernode: RunningSupernode) -> None:
-    body = msgspec.msgpack.encode(register_body("p1"))
+    body = msgspec.msgpack.encode({"type": "register", **register_body("p1")})
     headers = {**PEER_AUTH, "Content-Type": "application/msgpack"}
     url = supernode.url + "/api/v1/peers/register"
     async with supernode.http.post(url, data=body, headers=headers) as response:
@@ -242,17 +243,37 @@ async def test_msgpack_in_msgpack_out(supernode: RunningSupernode) -> None:
     [
         ("/api/v1/peers/register", b"{", 400, "bad_request", "$"),
         ("/api/v1/peers/register", b"[]", 400, "bad_request", "$"),
-        ("/api/v1/peers/register", b'{"peer_id": "p1"}', 400, "bad_request", "$"),
         (
             "/api/v1/peers/register",
-            msgspec.json.encode(register_body("p1", ip="nope")),
+            b'{"type": "register", "peer_id": "p1"}',
+            400,
+            "bad_request",
+            "$",
+        ),
+        (
+            "/api/v1/peers/register",
+            msgspec.json.encode(register_body("p1")),
+            400,
+            "bad_request",
+            "$",
+        ),
+        (
+            "/api/v1/peers/register",
+            msgspec.json.encode({**register_body("p1"), "type": "heartbeat"}),
+            400,
+            "bad_request",
+            "$.type",
+        ),
+        (
+            "/api/v1/peers/register",
+            msgspec.json.encode({"type": "register", **register_body("p1", ip="nope")}),
             400,
             "bad_request",
             "$.ip",
         ),
         (
             "/api/v1/peers/register",
-            msgspec.json.encode(register_body("p1", version=9)),
+            msgspec.json.encode({"type": "register", **register_body("p1", version=9)}),
             400,
             "bad_request",
             None,
@@ -260,7 +281,13 @@ async def test_msgpack_in_msgpack_out(supernode: RunningSupernode) -> None:
         (
             "/api/v1/announce",
             msgspec.json.encode(
-                {"peer_id": "p1", "blob_id": BLOB, "chunk_count": 4, "ranges": [[2, 9]]}
+                {
+                    "type": "announce",
+                    "peer_id": "p1",
+                    "blob_id": BLOB,
+                    "chunk_count": 4,
+                    "ranges": [[2, 9]],
+                }
             ),
             400,
             "bad_request",
@@ -269,7 +296,13 @@ async def test_msgpack_in_msgpack_out(supernode: RunningSupernode) -> None:
         (
             "/api/v1/announce",
             msgspec.json.encode(
-                {"peer_id": "ghost", "blob_id": BLOB, "chunk_count": 4, "ranges": [[0, 1]]}
+                {
+                    "type": "announce",
+                    "peer_id": "ghost",
+                    "blob_id": BLOB,
+                    "chunk_count": 4,
+                    "ranges": [[0, 1]],
+                }
             ),
             404,
             "unknown_peer",
@@ -277,14 +310,18 @@ async def test_msgpack_in_msgpack_out(supernode: RunningSupernode) -> None:
         ),
         (
             "/api/v1/schedule",
-            msgspec.json.encode({"peer_id": "ghost", "blob_id": BLOB, "chunk_count": 4}),
+            msgspec.json.encode(
+                {"type": "schedule", "peer_id": "ghost", "blob_id": BLOB, "chunk_count": 4}
+            ),
             404,
             "unknown_peer",
             None,
         ),
         (
             "/api/v1/schedule",
-            msgspec.json.encode({"peer_id": "p1", "blob_id": "xyz", "chunk_count": 4}),
+            msgspec.json.encode(
+                {"type": "schedule", "peer_id": "p1", "blob_id": "xyz", "chunk_count": 4}
+            ),
             400,
             "bad_request",
             "$.blob_id",
@@ -344,6 +381,6 @@ async def test_unknown_route_and_method_are_json(supernode: RunningSupernode) ->
         {"peer_id": "s1", "limit": "many"},
     ],
 )
-async def test_bad_seed_task_queries(supernode: RunningSupernode, query: dict[str, str]) -> None:
+async def test_bad_seed_task_queries(supernode: RunningSupernode, query: dict[str, Any]) -> None:
     status, answer = await supernode.get("/api/v1/seed-tasks", **query)
     assert (status, answer["error"]) == (400, "bad_request")
