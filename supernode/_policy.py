@@ -522,15 +522,14 @@ class Scheduler:
         target = self.config.scan_target
         found: list[_Holding] = []
         covered = busy = probed = 0
-        for holding in _rotation(blob.holders, blob.cursor):
-            probed += 1
+        for probed, holding in enumerate(_rotation(blob.holders, blob.cursor), 1):  # noqa: B007
             bits = holding.bits & held
             if not bits:
                 continue
             peer = holding.peer
             if not _eligible(peer, requester, cutoff, self._banned):
                 continue
-            if peer.load >= peer.capacity:
+            if peer.uploads + peer.assigned >= peer.capacity:  # `load`, inlined: hot loop
                 busy |= bits
                 continue
             found.append(holding)
@@ -920,11 +919,8 @@ def _order(decision: _Decision, wanted: int) -> tuple[Plan, ...]:
 
 def _rotation(items: list[_Holding], start: int) -> Iterator[_Holding]:
     """Every item once, starting at `start` (mod len) and wrapping around."""
-    if not items:
-        return
-    start %= len(items)
-    yield from itertools.islice(items, start, None)
-    yield from itertools.islice(items, 0, start)
+    start = start % len(items) if items else 0
+    return itertools.chain(itertools.islice(items, start, None), itertools.islice(items, start))
 
 
 def _eligible(peer: PeerState, requester: PeerState, cutoff: float, banned: set[str]) -> bool:
