@@ -21,7 +21,7 @@ STATE_KEY = web.AppKey("state", dict)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
-@dataclass
+@dataclass(eq=False)
 class Counters(Collector):
     """Turns the daemon's plain counters into metrics at scrape time."""
 

@@ -117,7 +117,6 @@ class Daemon:
             self.state = "STOPPING"
             pyfuse3.close(unmount=True)
             await self._stop_api()
-            await self.config.source.close()
             log.info("unmounted %s", self.config.mountpoint)
 
     async def _serve(self) -> None:

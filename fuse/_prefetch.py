@@ -48,8 +48,11 @@ class Prefetcher:
         tasks = [asyncio.create_task(self._batch(b, cs, gate)) for b, cs in self._batches(chunks)]
         await asyncio.gather(*tasks)
         self.state.finished = True
-        log.info("prefetch done: %d chunks, %d failed batches", self.state.done_chunks,
-                 self.state.failed_batches)  # fmt: skip
+        log.info(
+            "prefetch done: %d chunks, %d failed batches",
+            self.state.done_chunks,
+            self.state.failed_batches,
+        )
         return self.state
 
     def _batches(self, chunks: list[ChunkInfo]) -> Iterator[tuple[int, list[ChunkInfo]]]:
@@ -73,8 +76,12 @@ class Prefetcher:
                 self.state.done_chunks += len(chunks)
             except (RafsError, OSError) as exc:
                 self.state.failed_batches += 1
-                log.warning("prefetch of %d chunks of blob %s failed: %s", len(chunks),
-                            self.boot.blobs[blob_index].blob_id, exc)  # fmt: skip
+                log.warning(
+                    "prefetch of %d chunks of blob %s failed: %s",
+                    len(chunks),
+                    self.boot.blobs[blob_index].blob_id,
+                    exc,
+                )
 
 
 def unique_chunks(inodes: Iterable[Inode]) -> list[ChunkInfo]:

@@ -1,0 +1,130 @@
+"""`nydusd`: mount a Nydus image and fetch its chunks only when they are read.
+
+    nydusd --bootstrap FILE (--blob-dir DIR | --backend-config FILE) --mountpoint DIR
+    nydusd --image REF --mountpoint DIR [--insecure]
+
+Chunks come from the local verified cache, else from the origin (a directory of blobs,
+an OCI registry, S3-compatible storage), every one checked against its digest. Runs in
+the foreground until SIGINT/SIGTERM, then unmounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from rafs import RafsError
+from rafs._load import load_bootstrap
+
+from ._daemon import Daemon, DaemonConfig
+from ._prefetch import all_chunks, files_under, unique_chunks
+from ._sources import SourceOptions, open_image, open_source
+
+PROG = "nydusd"
+log = logging.getLogger(PROG)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--bootstrap", "-B", type=Path, help="RAFS bootstrap file (v5 or v6)")
+    what.add_argument("--image", help="Nydus image in a registry, e.g. 127.0.0.1:5000/app:v1")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--blob-dir", "-D", type=Path, help="directory holding the blobs")
+    where.add_argument(
+        "--backend-config",
+        "--config",
+        type=Path,
+        help="nydusd-style JSON naming the backend (registry, localfs, s3)",
+    )
+    p.add_argument("--mountpoint", "-M", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, help="verified chunk cache (default: none)")
+    p.add_argument("--cache-size", type=_size, help="cache size limit, e.g. 10G")
+    pre = p.add_mutually_exclusive_group()
+    pre.add_argument("--prefetch-files", type=Path, help="file listing paths to fetch first")
+    pre.add_argument("--prefetch-all", action="store_true", help="fetch every chunk in background")
+    p.add_argument("--validate", action="store_true", help="re-verify cached chunks on every read")
+    p.add_argument("--apisock", type=Path, help="unix socket for the state and metrics API")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
+    p.add_argument("--platform", default="linux/amd64", help="platform in an image index")
+    p.add_argument(
+        "--no-allow-other", action="store_true", help="only the mounting user sees files"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    factor = units.get(text[-1:], 1)
+    return int(float(text[:-1] if factor > 1 else text) * factor)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.bootstrap and not (args.blob_dir or args.backend_config):
+        print(f"{PROG}: error: --bootstrap needs --blob-dir or --backend-config", file=sys.stderr)
+        return 2
+    try:
+        uvloop.run(_run(args))
+    except RafsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> None:
+    opts = SourceOptions(
+        blob_dir=args.blob_dir,
+        backend_config=args.backend_config,
+        cache_dir=args.cache_dir,
+        cache_size=args.cache_size,
+        validate=args.validate,
+        insecure=args.insecure,
+        platform=args.platform,
+    )
+    if args.image:
+        boot_path, backend = await open_image(args.image, opts)
+        label = args.image
+    else:
+        boot_path, backend, label = args.bootstrap, None, str(args.bootstrap)
+    boot = load_bootstrap(boot_path)
+    source, counters = await open_source(opts, backend)
+    config = DaemonConfig(
+        boot=boot,
+        source=source,
+        mountpoint=args.mountpoint,
+        image=label,
+        apisock=args.apisock,
+        allow_other=not args.no_allow_other,
+        counters=counters,
+    )
+    if args.prefetch_all:
+        config.prefetch = all_chunks(boot)
+    elif args.prefetch_files:
+        names = [n.strip() for n in args.prefetch_files.read_text().splitlines() if n.strip()]
+        config.prefetch = unique_chunks(files_under(boot, [boot.lookup(n) for n in names]))
+    try:
+        await Daemon(config).run()
+    finally:
+        await source.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
