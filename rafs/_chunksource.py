@@ -73,8 +73,9 @@ def verify_chunk(blob: BlobRef, info: ChunkInfo, stored: bytes) -> FetchedChunk:
         except ChunkDecodeError:
             raise ChunkDigestMismatch(blob.blob_id, info.index, info.digest, b"") from None
     elif info.compressed_size != info.uncompressed_size:
-        raise CorruptBootstrap(f"raw chunk {info.index} sizes", (info.compressed_size,
-                               info.uncompressed_size))  # fmt: skip
+        raise CorruptBootstrap(
+            f"raw chunk {info.index} sizes", (info.compressed_size, info.uncompressed_size)
+        )
     else:
         data = stored
     actual = blob.digester.hash(data)

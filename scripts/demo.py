@@ -29,7 +29,9 @@ console = Console()
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", type=Path, default=Path(os.environ.get("DEMO_TREE", DEFAULT_TREE)))
+    parser.add_argument(
+        "--tree", type=Path, default=Path(os.environ.get("DEMO_TREE", DEFAULT_TREE))
+    )
     args = parser.parse_args()
     tree: Path = args.tree
     if not tree.is_dir():
@@ -40,16 +42,33 @@ def main() -> int:
     tool = Path(sys.executable).with_name("nydus-image")
     rows: list[tuple[str, str]] = []
     t0 = time.monotonic()
-    run(tool, "create", "--bootstrap", WORK / "image.boot", "--blob-dir", WORK / "blobs",
-        "--output-json", WORK / "build.json", tree)  # fmt: skip
+    run(
+        tool,
+        "create",
+        "--bootstrap",
+        WORK / "image.boot",
+        "--blob-dir",
+        WORK / "blobs",
+        "--output-json",
+        WORK / "build.json",
+        tree,
+    )
     build_s = time.monotonic() - t0
     import json
 
     summary = json.loads((WORK / "build.json").read_text())
     run(tool, "check", "--bootstrap", WORK / "image.boot", "--blob-dir", WORK / "blobs")
     t1 = time.monotonic()
-    run(tool, "unpack", "--bootstrap", WORK / "image.boot", "--blob-dir", WORK / "blobs",
-        "--output", WORK / "unpacked.tar")  # fmt: skip
+    run(
+        tool,
+        "unpack",
+        "--bootstrap",
+        WORK / "image.boot",
+        "--blob-dir",
+        WORK / "blobs",
+        "--output",
+        WORK / "unpacked.tar",
+    )
     unpack_s = time.monotonic() - t1
     compared, mismatches = compare(tree, WORK / "unpacked.tar")
     blob_size = summary["blob_compressed_size"]

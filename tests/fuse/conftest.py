@@ -98,6 +98,12 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
 
 def build_image(src: Path, work: Path, *extra: str) -> tuple[Path, Path]:
     boot, blobs = work / "image.boot", work / "blobs"
-    subprocess.run([NYDUS_IMAGE, "create", "-B", str(boot), "-D", str(blobs), *extra, str(src)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [NYDUS_IMAGE, "create", "-B", str(boot), "-D", str(blobs), *extra, str(src)],
+        check=True,
+        capture_output=True,
+    )
     return boot, blobs
+
+
+from tests.fixtures.registry import registry  # noqa: E402, F401

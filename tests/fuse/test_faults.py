@@ -38,16 +38,18 @@ def test_corrupted_cache_is_detected_and_repaired_with_validate(
     m.stop()
     (cached,) = cache.glob("*.blob.data")
     corrupt_byte(cached, 10)
-    m2 = mounter.mount("-B", str(boot), "-D", str(blobs), "--cache-dir", str(cache), "--validate",
-                       name="m2")  # fmt: skip
+    m2 = mounter.mount(
+        "-B", str(boot), "-D", str(blobs), "--cache-dir", str(cache), "--validate", name="m2"
+    )
     assert (m2.mountpoint / "f").read_bytes() == data
     m2.stop()
     assert "mismatch" in m2.log_text() or "discard" in m2.log_text().lower()
     # the repaired copy is good again: a third mount reads it from the cache alone
     for blob in blobs.iterdir():
         blob.unlink()
-    m3 = mounter.mount("-B", str(boot), "-D", str(blobs), "--cache-dir", str(cache), "--validate",
-                       name="m3")  # fmt: skip
+    m3 = mounter.mount(
+        "-B", str(boot), "-D", str(blobs), "--cache-dir", str(cache), "--validate", name="m3"
+    )
     assert (m3.mountpoint / "f").read_bytes() == data
 
 

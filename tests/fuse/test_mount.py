@@ -76,8 +76,10 @@ def test_concurrent_readers_get_correct_bytes(tmp_path: Path, mounter: Mounter) 
     m = mounter.mount("-B", str(boot), "-D", str(blobs), "--cache-dir", str(tmp_path / "cache"))
 
     def digest(name: str) -> tuple[str, str]:
-        return (hashlib.sha256((m.mountpoint / name).read_bytes()).hexdigest(),
-                hashlib.sha256((src / name).read_bytes()).hexdigest())  # fmt: skip
+        return (
+            hashlib.sha256((m.mountpoint / name).read_bytes()).hexdigest(),
+            hashlib.sha256((src / name).read_bytes()).hexdigest(),
+        )
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         for got, want in pool.map(digest, [f"f{n}" for n in range(24)] * 2):
@@ -137,8 +139,12 @@ def test_busy_mountpoint_and_forged_bootstrap_are_clear_errors(
     (src / "f").write_bytes(b"x")
     boot, blobs = build_image(src, tmp_path)
     m = mounter.mount("-B", str(boot), "-D", str(blobs))
-    run = subprocess.run([NYDUSD, "-B", str(boot), "-D", str(blobs), "-M", str(m.mountpoint)],
-                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    run = subprocess.run(
+        [NYDUSD, "-B", str(boot), "-D", str(blobs), "-M", str(m.mountpoint)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert run.returncode == 1 and "busy" in run.stderr and "Traceback" not in run.stderr
     forged = tmp_path / "forged.boot"
     data = bytearray(boot.read_bytes())
@@ -146,8 +152,12 @@ def test_busy_mountpoint_and_forged_bootstrap_are_clear_errors(
     forged.write_bytes(bytes(data))
     other = tmp_path / "other"
     other.mkdir()
-    run = subprocess.run([NYDUSD, "-B", str(forged), "-D", str(blobs), "-M", str(other)],
-                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    run = subprocess.run(
+        [NYDUSD, "-B", str(forged), "-D", str(blobs), "-M", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert run.returncode == 1 and "chunk size" in run.stderr and not os.path.ismount(other)
 
 
@@ -167,8 +177,9 @@ def test_prefetch_all_keeps_working_with_the_origin_gone(tmp_path: Path, mounter
     for n in range(10):
         (src / f"f{n}").write_bytes(os.urandom(150_000))
     boot, blobs = build_image(src, tmp_path, "--chunk-size", "0x10000")
-    m = mounter.mount("-B", str(boot), "-D", str(blobs), "--cache-dir", str(tmp_path / "c"),
-                      "--prefetch-all")  # fmt: skip
+    m = mounter.mount(
+        "-B", str(boot), "-D", str(blobs), "--cache-dir", str(tmp_path / "c"), "--prefetch-all"
+    )
     wait_prefetched(m.apisock)
     shutil.rmtree(blobs)  # the origin is gone
     for n in range(10):
@@ -180,8 +191,12 @@ def wait_prefetched(apisock: Path, timeout: float = 30) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["curl", "-s", "--unix-socket", str(apisock), "http://x/api/v1/daemon"],
-                             capture_output=True, text=True, check=False)  # fmt: skip
+        out = subprocess.run(
+            ["curl", "-s", "--unix-socket", str(apisock), "http://x/api/v1/daemon"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.stdout and json.loads(out.stdout)["prefetch"]["finished"]:
             return
         time.sleep(0.1)

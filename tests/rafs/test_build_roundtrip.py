@@ -221,21 +221,40 @@ def test_cli_create_inspect_stat(tmp_path: Path) -> None:
     (src / "f").write_bytes(b"hello" * 1000)
     os.symlink("f", src / "l")
     run = subprocess.run(
-        [exe, "create", "-B", str(tmp_path / "b"), "-D", str(tmp_path / "blobs"),
-         "--output-json", str(tmp_path / "o.json"), str(src)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            exe,
+            "create",
+            "-B",
+            str(tmp_path / "b"),
+            "-D",
+            str(tmp_path / "blobs"),
+            "--output-json",
+            str(tmp_path / "o.json"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json
 
     summary = json.loads((tmp_path / "o.json").read_text())
     assert summary["files"] == 1 and summary["chunks"] == 1 and len(summary["blobs"]) == 1
     assert (tmp_path / "blobs" / summary["new_blob"]).exists()
-    run = subprocess.run([exe, "inspect", "-B", str(tmp_path / "b"), "--json"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [exe, "inspect", "-B", str(tmp_path / "b"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(run.stdout)
     assert [e["path"] for e in info["entries"]] == ["/", "/f", "/l"]
     assert stat.S_ISLNK(os.lstat(src / "l").st_mode) and info["entries"][2]["target"] == "f"
-    run = subprocess.run([exe, "stat", "-B", str(tmp_path / "b"), str(tmp_path / "b")],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [exe, "stat", "-B", str(tmp_path / "b"), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stats = json.loads(run.stdout)
     assert stats["images"][1]["chunks_shared_with_earlier"] == 1 and stats["dedup_ratio"] == 2.0

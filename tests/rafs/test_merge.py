@@ -29,10 +29,26 @@ def nydus(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_merge_applies_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
-    write_layer(tmp_path / "l1.tgz", [("a", b"lower a"), ("b", None), ("b/x", b"lower x" * 999),
-                                      ("c", None), ("c/keep", b"kept")])  # fmt: skip
-    write_layer(tmp_path / "l2.tgz", [(".wh.a", b""), ("b", None), ("b/.wh..wh..opq", b""),
-                                      ("b/y", b"upper y"), ("c/z", b"upper z")])  # fmt: skip
+    write_layer(
+        tmp_path / "l1.tgz",
+        [
+            ("a", b"lower a"),
+            ("b", None),
+            ("b/x", b"lower x" * 999),
+            ("c", None),
+            ("c/keep", b"kept"),
+        ],
+    )
+    write_layer(
+        tmp_path / "l2.tgz",
+        [
+            (".wh.a", b""),
+            ("b", None),
+            ("b/.wh..wh..opq", b""),
+            ("b/y", b"upper y"),
+            ("c/z", b"upper z"),
+        ],
+    )
     blobs = tmp_path / "blobs"
     for n in (1, 2):
         nydus(

@@ -46,32 +46,68 @@ def test_superblock_fields_of_the_vector() -> None:
 
 def test_inode_record_golden_bytes() -> None:
     inode = Inode(
-        index=3, ino=3, parent=1, name=b"abc", mode=0o100644, uid=1, gid=2, size=5,
-        blocks=1, nlink=1, mtime=0x0102030405, mtime_nsec=7, digest=bytes(range(32)),
+        index=3,
+        ino=3,
+        parent=1,
+        name=b"abc",
+        mode=0o100644,
+        uid=1,
+        gid=2,
+        size=5,
+        blocks=1,
+        nlink=1,
+        mtime=0x0102030405,
+        mtime_nsec=7,
+        digest=bytes(range(32)),
         chunks=(ChunkInfo(b"\xaa" * 32, 0, 1, 9, 5, 16, 32, 0, 4, 0),),
-    )  # fmt: skip
+    )
     raw = encode_inode(inode)
     expected = (
         bytes(range(32))
         + (1).to_bytes(8, "little")  # parent
         + (3).to_bytes(8, "little")  # ino
-        + (1).to_bytes(4, "little") + (2).to_bytes(4, "little") + bytes(4)  # uid gid projid
+        + (1).to_bytes(4, "little")
+        + (2).to_bytes(4, "little")
+        + bytes(4)  # uid gid projid
         + (0o100644).to_bytes(4, "little")
-        + (5).to_bytes(8, "little") + (1).to_bytes(8, "little") + bytes(8)  # size blocks flags
-        + (1).to_bytes(4, "little") + bytes(4) + (1).to_bytes(4, "little")  # nlink ci chunks
-        + (3).to_bytes(2, "little") + bytes(2) + bytes(4)  # name, symlink, rdev
-        + (7).to_bytes(4, "little") + (0x0102030405).to_bytes(8, "little") + bytes(8)
-        + b"abc" + bytes(5)
-        + b"\xaa" * 32 + bytes(4) + (1).to_bytes(4, "little") + (9).to_bytes(4, "little")
-        + (5).to_bytes(4, "little") + (16).to_bytes(8, "little") + (32).to_bytes(8, "little")
-        + bytes(8) + (4).to_bytes(4, "little") + bytes(4)
-    )  # fmt: skip
+        + (5).to_bytes(8, "little")
+        + (1).to_bytes(8, "little")
+        + bytes(8)  # size blocks flags
+        + (1).to_bytes(4, "little")
+        + bytes(4)
+        + (1).to_bytes(4, "little")  # nlink ci chunks
+        + (3).to_bytes(2, "little")
+        + bytes(2)
+        + bytes(4)  # name, symlink, rdev
+        + (7).to_bytes(4, "little")
+        + (0x0102030405).to_bytes(8, "little")
+        + bytes(8)
+        + b"abc"
+        + bytes(5)
+        + b"\xaa" * 32
+        + bytes(4)
+        + (1).to_bytes(4, "little")
+        + (9).to_bytes(4, "little")
+        + (5).to_bytes(4, "little")
+        + (16).to_bytes(8, "little")
+        + (32).to_bytes(8, "little")
+        + bytes(8)
+        + (4).to_bytes(4, "little")
+        + bytes(4)
+    )
     assert raw == expected and len(raw) == 128 + 8 + 80
 
 
 def test_symlink_and_xattr_record_golden_bytes() -> None:
-    inode = Inode(index=2, ino=2, parent=1, name=b"l", mode=0o120777, symlink=b"target",
-                  xattrs={b"user.b": b"2", b"user.a": b"1"})  # fmt: skip
+    inode = Inode(
+        index=2,
+        ino=2,
+        parent=1,
+        name=b"l",
+        mode=0o120777,
+        symlink=b"target",
+        xattrs={b"user.b": b"2", b"user.a": b"1"},
+    )
     raw = encode_inode(inode)
     flags = struct.unpack_from("<Q", raw, 80)[0]
     assert flags == L.INODE_SYMLINK | L.INODE_XATTR

@@ -146,10 +146,18 @@ def test_unknown_magic_is_named() -> None:
 def test_cli_check_and_unpack_on_vector(tmp_path: Path) -> None:
     exe = shutil.which("nydus-image") or str(Path(__file__).parents[2] / ".venv/bin/nydus-image")
     boot = REPEATABLE / V5_NAMES[1]
-    run = subprocess.run([exe, "check", "-B", str(boot), "-D", str(REPEATABLE / "blobs")],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    run = subprocess.run(
+        [exe, "check", "-B", str(boot), "-D", str(REPEATABLE / "blobs")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0 and "23 chunks" in run.stdout
     out = tmp_path / "x.tar"
-    run = subprocess.run([exe, "unpack", "-B", str(boot), "-D", str(REPEATABLE / "blobs"),
-                          "-o", str(out)], capture_output=True, text=True, check=False)  # fmt: skip
+    run = subprocess.run(
+        [exe, "unpack", "-B", str(boot), "-D", str(REPEATABLE / "blobs"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0 and out.exists()

@@ -20,8 +20,12 @@ def git_blob_sha1(data: bytes) -> str:
 
 def test_v6_check_and_unpack(tmp_path: Path) -> None:
     boot = str(V / "bootstrap/rafs-v6-2.2.boot")
-    run = subprocess.run([EXE, "check", "-B", boot, "-D", str(V / "blobs")],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [EXE, "check", "-B", boot, "-D", str(V / "blobs")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "2 chunks" in run.stdout
     out = tmp_path / "v6.tar"
     subprocess.run([EXE, "unpack", "-B", boot, "-D", str(V / "blobs"), "-o", str(out)], check=True)
@@ -40,8 +44,12 @@ def test_v6_check_and_unpack(tmp_path: Path) -> None:
 def test_v6_inspect_json(tmp_path: Path) -> None:
     import json
 
-    run = subprocess.run([EXE, "inspect", "-B", str(V / "bootstrap/rafs-v6-2.2.boot"), "--json"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [EXE, "inspect", "-B", str(V / "bootstrap/rafs-v6-2.2.boot"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(run.stdout)
     assert info["version"] == 6 and info["compressor"] == "zstd" and info["digester"] == "blake3"
     assert [e["path"] for e in info["entries"]] == ["/", "/lib.rs", "/sync_io.rs"]

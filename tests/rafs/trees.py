@@ -87,8 +87,9 @@ def _entry_from_stat(path: Path, st: os.stat_result) -> Entry:
             if n.startswith("user.")
         )
     )
-    return Entry(kind, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_mtime_ns, md5, target, rdev,
-                 xattrs)  # fmt: skip
+    return Entry(
+        kind, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_mtime_ns, md5, target, rdev, xattrs
+    )
 
 
 def _kind(mode: int) -> str:
