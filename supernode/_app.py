@@ -20,7 +20,7 @@ from aiohttp import web
 from ._api import ENDPOINTS, role_of
 from ._config import SupernodeConfig
 from ._database import open_engine
-from ._http import auth_middleware, errors_middleware, metrics_middleware
+from ._http import Guard, boundary_middleware
 from ._keys import CONFIG, ENGINE, METRICS, OPENAPI, REPOSITORY, RESOLVER, SUPERNODE, WRITER
 from ._metrics import Metrics
 from ._migrate import upgrade
@@ -47,9 +47,7 @@ def make_app(config: SupernodeConfig) -> web.Application:
     app = web.Application(
         client_max_size=config.max_body,
         middlewares=[
-            metrics_middleware(metrics),
-            errors_middleware,
-            auth_middleware(role_of, config.token, config.admin_token),
+            boundary_middleware(metrics, Guard(role_of, config.token, config.admin_token))
         ],
     )
     node = Supernode(config.policy)

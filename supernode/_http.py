@@ -1,9 +1,10 @@
-"""The HTTP boundary: body decoding, replies, and the middlewares around every handler.
+"""The HTTP boundary: body decoding, replies, and the one middleware around every handler.
 
 Rule: this is the one place where protocol and aiohttp exceptions become `ApiError`s and
-every error becomes a JSON body `{"error", "detail"}` with a 4xx status. A request body is
-JSON unless its Content-Type is msgpack; a reply uses the request's format (for a GET,
-the one the Accept header asks for).
+every error becomes a JSON body `{"error", "detail"}` with a 4xx status. One middleware
+does the boundary work (timing, token check, error bodies), so a request pays for one.
+A request body is JSON unless its Content-Type is msgpack; a reply uses the request's
+format (for a GET, the one the Accept header asks for).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -107,10 +109,57 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return response
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as a JSON error; nothing unexpected escapes as a bare 500."""
+@dataclass(frozen=True)
+class Guard:
+    """Which token each route needs: `roles` maps a request to public, peer or admin."""
+
+    roles: Callable[[web.Request], str]
+    token: str | None  # None: peer endpoints are open
+    admin_token: str | None  # None: admin endpoints are closed
+
+    def check(self, request: web.Request) -> None:
+        """Raise `Unauthorized` unless `Authorization: Bearer T` carries the right token."""
+        role = self.roles(request)
+        if role == "peer" and self.token is not None:
+            _check_bearer(request, self.token, "cluster")
+        elif role == "admin":
+            if self.admin_token is None:
+                raise Unauthorized("admin endpoints are disabled: the supernode has no admin token")
+            _check_bearer(request, self.admin_token, "admin")
+
+
+def _check_bearer(request: web.Request, expected: str, which: str) -> None:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized(f"missing {which} token: send 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise Unauthorized(f"wrong {which} token")
+
+
+def route_name(request: web.Request) -> str:
+    """The route template (`/api/v1/jobs/{job_id}`), bounded for metric labels."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def boundary_middleware(metrics: Metrics, guard: Guard) -> Middleware:
+    """The one middleware: time each request, check its token, make failures JSON."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await _answer(request, handler, guard)
+        elapsed = time.perf_counter() - started
+        metrics.observe_request(route_name(request), request.method, response.status, elapsed)
+        return response
+
+    return middleware
+
+
+async def _answer(request: web.Request, handler: Handler, guard: Guard) -> web.StreamResponse:
+    """The handler's response; every failure as a JSON error, never a bare 500."""
     try:
+        guard.check(request)
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.detail, exc.path)
@@ -121,56 +170,3 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "the supernode failed; see its log")
-
-
-def route_name(request: web.Request) -> str:
-    """The route template (`/api/v1/jobs/{job_id}`), bounded for metric labels."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-def metrics_middleware(metrics: Metrics) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        response = await handler(request)
-        metrics.observe_request(
-            route_name(request), request.method, response.status, time.perf_counter() - started
-        )
-        return response
-
-    return middleware
-
-
-Role = str  # "public", "peer" or "admin"
-
-
-def auth_middleware(
-    roles: Callable[[web.Request], Role], token: str | None, admin_token: str | None
-) -> Middleware:
-    """Check `Authorization: Bearer T` against the token the route's role needs."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        role = roles(request)
-        if role == "peer" and token is not None:
-            _check_bearer(request, token, "cluster")
-        elif role == "admin":
-            _check_admin(request, admin_token)
-        return await handler(request)
-
-    return middleware
-
-
-def _check_admin(request: web.Request, admin_token: str | None) -> None:
-    if admin_token is None:
-        raise Unauthorized("admin endpoints are disabled: the supernode has no admin token")
-    _check_bearer(request, admin_token, "admin")
-
-
-def _check_bearer(request: web.Request, expected: str, which: str) -> None:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise Unauthorized(f"missing {which} token: send 'Authorization: Bearer <token>'")
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise Unauthorized(f"wrong {which} token")

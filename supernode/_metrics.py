@@ -64,6 +64,7 @@ class Metrics:
         self.flush_errors = Counter(
             "supernode_db_flush_errors", "Failed write-behind flushes", registry=r
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         for kind in _PLAN_KINDS.values():
             self.decisions.labels(kind)
 
@@ -79,8 +80,16 @@ class Metrics:
                 self.back_to_source.inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups are cached: this runs on every request
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

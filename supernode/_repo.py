@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from ._database import describe
 from ._errors import DatabaseError
@@ -171,14 +171,15 @@ class Repository:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._dialect = engine.dialect.name
+        self._upserts: dict[str, Any] = {}
 
     async def apply(self, batch: WriteBatch) -> None:
         """Write a whole batch in one transaction."""
         if not len(batch):
             return
         try:
-            async with self._sessions.begin() as session:
-                await self._apply(session, batch, utcnow())
+            async with self._engine.begin() as connection:
+                await self._apply(connection, batch, utcnow())
         except SQLAlchemyError as exc:
             raise DatabaseError(f"writing {len(batch)} records failed: {describe(exc)}") from exc
 
@@ -227,84 +228,74 @@ class Repository:
             )
         return int(getattr(result, "rowcount", 0))
 
-    async def _apply(self, session: AsyncSession, batch: WriteBatch, now: datetime) -> None:
-        await self._upsert_peers(session, batch.peers, now)
+    async def _apply(self, conn: AsyncConnection, batch: WriteBatch, now: datetime) -> None:
+        await self._upsert(conn, Host, [_host_row(p.host, now) for p in batch.peers], ["host_id"])
         await self._upsert(
-            session,
-            Blob,
-            [_blob_row(b, now) for b in batch.blobs],
-            ["blob_id"],
-            keep=("created_at",),
+            conn, Peer, [_peer_row(p) for p in batch.peers], ["peer_id"], keep=("registered_at",)
         )
         await self._upsert(
-            session,
-            Availability,
-            [_bitmap_row(b, now) for b in batch.bitmaps],
-            ["peer_id", "blob_id"],
+            conn, Blob, [_blob_row(b, now) for b in batch.blobs], ["blob_id"], keep=("created_at",)
         )
         await self._upsert(
-            session, PreheatJob, [_job_row(j) for j in batch.jobs], ["job_id"], keep=("created_at",)
+            conn, Availability, [_bitmap_row(b, now) for b in batch.bitmaps], ["peer_id", "blob_id"]
         )
         await self._upsert(
-            session,
+            conn, PreheatJob, [_job_row(j) for j in batch.jobs], ["job_id"], keep=("created_at",)
+        )
+        await self._upsert(
+            conn,
             BlacklistEntry,
             [_blacklist_row(e, now) for e in batch.blacklist_added],
             ["peer_id", "blob_id"],
             keep=("created_at",),
         )
-        await self._insert(session, ReputationEvent, [_event_row(e) for e in batch.events])
-        await self._delete_blacklist(session, batch.blacklist_removed)
-        await self._delete_bitmaps(session, batch.removed_bitmaps)
-        await self._delete_peers(session, batch.removed_peers)
-
-    async def _upsert_peers(
-        self, session: AsyncSession, peers: list[PeerRecord], now: datetime
-    ) -> None:
-        await self._upsert(session, Host, [_host_row(p.host, now) for p in peers], ["host_id"])
-        await self._upsert(
-            session, Peer, [_peer_row(p) for p in peers], ["peer_id"], keep=("registered_at",)
+        if batch.events:
+            await conn.execute(insert(ReputationEvent), [_event_row(e) for e in batch.events])
+        await self._delete_pairs(
+            conn, BlacklistEntry, [(e.peer_id, e.blob_id) for e in batch.blacklist_removed]
         )
+        await self._delete_pairs(conn, Availability, batch.removed_bitmaps)
+        await self._delete_peers(conn, batch.removed_peers)
 
     async def _upsert(
         self,
-        session: AsyncSession,
+        conn: AsyncConnection,
         model: type[Base],
         rows: list[Row],
         keys: list[str],
         keep: tuple[str, ...] = (),
     ) -> None:
+        """`INSERT ... ON CONFLICT (keys) DO UPDATE` every column but the keys and `keep`."""
         if not rows:
             return
         rows = _dedupe(rows, keys)
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(model)
-        updated = {c: stmt.excluded[c] for c in rows[0] if c not in keys and c not in keep}
-        await session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updated), rows)
+        name = model.__tablename__
+        statement = self._upserts.get(name)
+        if statement is None:
+            dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+            stmt = dialect_insert(model)
+            updated = {c: stmt.excluded[c] for c in rows[0] if c not in keys and c not in keep}
+            statement = stmt.on_conflict_do_update(index_elements=keys, set_=updated)
+            self._upserts[name] = statement
+        await conn.execute(statement, rows)
 
-    async def _insert(self, session: AsyncSession, model: type[Base], rows: list[Row]) -> None:
-        if rows:
-            await session.execute(insert(model), rows)
-
-    async def _delete_blacklist(
-        self, session: AsyncSession, entries: list[BlacklistRecord]
+    async def _delete_pairs(
+        self,
+        conn: AsyncConnection,
+        model: type[Availability] | type[BlacklistEntry],
+        pairs: list[tuple[str, str]],
     ) -> None:
-        pairs = [(e.peer_id, e.blob_id) for e in entries]
         if pairs:
-            cols = tuple_(BlacklistEntry.peer_id, BlacklistEntry.blob_id)
-            await session.execute(delete(BlacklistEntry).where(cols.in_(pairs)))
+            columns = tuple_(model.peer_id, model.blob_id)
+            await conn.execute(delete(model).where(columns.in_(pairs)))
 
-    async def _delete_bitmaps(self, session: AsyncSession, pairs: list[tuple[str, str]]) -> None:
-        if pairs:
-            cols = tuple_(Availability.peer_id, Availability.blob_id)
-            await session.execute(delete(Availability).where(cols.in_(pairs)))
-
-    async def _delete_peers(self, session: AsyncSession, peer_ids: list[str]) -> None:
+    async def _delete_peers(self, conn: AsyncConnection, peer_ids: list[str]) -> None:
         if not peer_ids:
             return
-        await session.execute(delete(Availability).where(Availability.peer_id.in_(peer_ids)))
-        await session.execute(delete(Peer).where(Peer.peer_id.in_(peer_ids)))
+        await conn.execute(delete(Availability).where(Availability.peer_id.in_(peer_ids)))
+        await conn.execute(delete(Peer).where(Peer.peer_id.in_(peer_ids)))
         orphans = select(Peer.host_id).distinct()
-        await session.execute(delete(Host).where(Host.host_id.not_in(orphans)))
+        await conn.execute(delete(Host).where(Host.host_id.not_in(orphans)))
 
     async def _load(self, session: AsyncSession) -> Snapshot:
         peers = (await session.execute(select(Peer, Host).join(Host))).all()
