@@ -222,7 +222,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _endpoint("GET", f"{API}/admin/blacklist", "blacklistEntries", "admin", list_blacklist,
               "Every blacklist entry", response=Blacklist),
     _endpoint("GET", "/healthz", "healthz", "public", healthz,
-              "Liveness and database check", response=Health),
+              "Liveness and database check", response=Health, also=(503,)),
     _endpoint("GET", "/metrics", "metrics", "public", metrics, "Prometheus metrics",
               response_media="text/plain"),
     _endpoint("GET", "/openapi.json", "openapi", "public", openapi, "This document",

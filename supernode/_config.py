@@ -19,6 +19,7 @@ class SupernodeConfig:
     admin_token: str | None = None
     flush_interval: float = 0.2  # seconds between write-behind flushes
     expire_interval: float = 1.0  # seconds between sweeps for silent peers
+    event_retention: float = 7 * 86_400.0  # seconds reputation events are kept
     migrate: bool = True  # run `db upgrade` at start
     max_body: int = MAX_MESSAGE_BYTES
     policy: PolicyConfig = field(default_factory=PolicyConfig)

@@ -60,6 +60,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     response_media: str = ""  # a fixed non-JSON media type (metrics)
     example: Json | None = None  # a request body that works against a small mesh
+    also: tuple[int, ...] = ()  # more statuses answered with the success body (503 degraded)
 
 
 def build_document(operations: Iterable[Operation], title: str, version: str) -> Json:
@@ -126,6 +127,8 @@ def _parameter(param: Param) -> Json:
 def _responses(op: Operation) -> Json:
     status = op.status if op.response is not None or op.response_media else 204
     responses: Json = {str(status): _success(op)}
+    for other in op.also:
+        responses[str(other)] = {**_success(op), "description": "Degraded"}
     for status in _error_statuses(op):
         responses[str(status)] = {
             "description": _ERROR_TEXT[status],

@@ -222,11 +222,14 @@ class Repository:
 
     async def prune_events(self, before: datetime) -> int:
         """Drop reputation events older than `before`; returns how many went."""
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                delete(ReputationEvent).where(ReputationEvent.at < before)
-            )
-        return int(getattr(result, "rowcount", 0))
+        try:
+            async with self._engine.begin() as connection:
+                result = await connection.execute(
+                    delete(ReputationEvent).where(ReputationEvent.at < before)
+                )
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"pruning events failed: {describe(exc)}") from exc
+        return int(result.rowcount)
 
     async def _apply(self, conn: AsyncConnection, batch: WriteBatch, now: datetime) -> None:
         await self._upsert(conn, Host, [_host_row(p.host, now) for p in batch.peers], ["host_id"])

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 
 from protocol import decode
 from supernode import openapi_document
 from supernode._api import ENDPOINTS
 
-from .conftest import RunningSupernode, start_supernode, supernode_config
+from .conftest import PostgresCluster, RunningSupernode, start_supernode, supernode_config
 from .test_api import announce, register, schedule
 
 
@@ -88,3 +89,23 @@ def test_every_documented_example_is_a_valid_request() -> None:
     for op in operations:
         assert op.request is not None
         decode(msgspec.json.encode(op.example), "json", op.request)
+
+
+async def test_health_degrades_when_the_database_is_gone(
+    postgres_cluster: PostgresCluster, http: aiohttp.ClientSession
+) -> None:
+    url = await postgres_cluster.create_database()
+    node = await start_supernode(supernode_config(url), http)
+    try:
+        status, health = await node.get("/healthz", auth={})
+        assert (status, health["status"]) == (200, "ok")
+        name = url.rsplit("/", 1)[1]
+        admin = await asyncpg.connect(postgres_cluster.admin_dsn())
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        status, health = await node.get("/healthz", auth={})
+        assert (status, health["status"]) == (503, "degraded")
+    finally:
+        await node.stop()
