@@ -31,6 +31,18 @@ from ._model import (
     ChunkInfo,
     Inode,
 )
+from ._v5layout import (
+    CHUNK,
+    FLAG_COMPRESSION_GZIP,
+    FLAG_COMPRESSION_LZ4,
+    FLAG_COMPRESSION_NONE,
+    FLAG_COMPRESSION_ZSTD,
+    FLAG_ENCRYPTION_AES128XTS,
+    FLAG_HASH_BLAKE3,
+    FLAG_HASH_SHA256,
+    FLAG_TARTFS_MODE,
+)
+from ._v5layout import KNOWN_FLAGS as _KNOWN_FLAGS
 
 # --- constants ----------------------------------------------------------------------
 
@@ -49,22 +61,6 @@ _MAX_BLOB_CHUNKS: Final = 1 << 24  # §10.2: 24-bit CI index
 _NAME_MAX: Final = 255
 
 # §3 s_flags (the v5 s_flags bits, rafs-v5.md §2)
-FLAG_COMPRESSION_NONE: Final = 0x1
-FLAG_COMPRESSION_LZ4: Final = 0x2
-FLAG_HASH_BLAKE3: Final = 0x4
-FLAG_HASH_SHA256: Final = 0x8
-FLAG_EXPLICIT_UID_GID: Final = 0x10
-FLAG_HAS_XATTR: Final = 0x20
-FLAG_COMPRESSION_GZIP: Final = 0x40
-FLAG_COMPRESSION_ZSTD: Final = 0x80
-FLAG_INLINED_CHUNK_DIGEST: Final = 0x100
-FLAG_TARTFS_MODE: Final = 0x200
-FLAG_ENCRYPTION_NONE: Final = 0x0100_0000
-FLAG_ENCRYPTION_AES128XTS: Final = 0x0200_0000
-FLAG_RESERVED_COMPAT: Final = 0xFC00_0000
-_KNOWN_FLAGS: Final = (
-    0x3FF | FLAG_ENCRYPTION_NONE | FLAG_ENCRYPTION_AES128XTS | FLAG_RESERVED_COMPAT
-)
 _FLAG_COMPRESSORS: Final = {
     FLAG_COMPRESSION_NONE: Compressor.NONE,
     FLAG_COMPRESSION_LZ4: Compressor.LZ4_BLOCK,
@@ -272,20 +268,7 @@ assert _CHUNK_ADDR.size == 8
 
 # §11 bootstrap chunk table record (the v5 chunk record, rafs-v5.md §9); the fields are in
 # ChunkInfo's order.
-_CHUNK_RECORD = struct.Struct(
-    "<"
-    "32s"  # block_id: digest of the uncompressed chunk
-    "I"  # blob_index
-    "I"  # flags: CHUNK_* bits
-    "I"  # compressed_size
-    "I"  # uncompressed_size
-    "Q"  # compressed_offset: in the blob file
-    "Q"  # uncompressed_offset: in the blob's uncompressed space, 4 KiB aligned
-    "Q"  # file_offset: not meaningful in v6
-    "I"  # index: CI index in the blob
-    "I"  # crc32
-)
-assert _CHUNK_RECORD.size == 80
+_CHUNK_RECORD = CHUNK  # §11: the v5 chunk record, 80 bytes
 
 # §13 inline xattr area header and entry head.
 _XATTR_HEADER = struct.Struct(
