@@ -4,6 +4,8 @@ Each layer's tree is laid over the result in order, applying OCI whiteouts (`.wh
 removes NAME below, `.wh..wh..opq` hides everything below in its directory) and overlayfs
 ones (a 0:0 character device removes, `trusted.overlay.opaque=y` hides). Chunks keep
 pointing at their layer's blob; the merged blob table is the union in layer order.
+A directory a layer holds only as a parent of its entries (marked `IMPLICIT_DIR` by the
+tar importer) keeps the metadata it has below, as OCI layer rules want.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ._builder import BuildOptions, BuildResult, ChunkDict, build, writer_for
 from ._errors import BuildError
 from ._model import BlobInfo, Bootstrap, Inode
 from ._source import SourceEntry, new_root
+from ._tarimport import IMPLICIT_DIR
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -90,7 +93,7 @@ def _apply(lower: SourceEntry, upper: SourceEntry, is_root: bool = False) -> Non
     """Lay `upper` (a directory) over `lower` (a directory), in place."""
     if OPAQUE_MARKER in upper.children or upper.xattrs.get(OVERLAY_OPAQUE) == b"y":
         lower.children.clear()
-    if not is_root or upper.name == lower.name:
+    if (not is_root or upper.name == lower.name) and IMPLICIT_DIR not in upper.xattrs:
         _take_metadata(lower, upper)
     for name, entry in upper.children.items():
         if name == OPAQUE_MARKER:
@@ -102,7 +105,17 @@ def _apply(lower: SourceEntry, upper: SourceEntry, is_root: bool = False) -> Non
         elif entry.is_dir and name in lower.children and lower.children[name].is_dir:
             _apply(lower.children[name], entry)
         else:
-            lower.children[name] = entry
+            lower.children[name] = _unmarked(entry)
+
+
+def _unmarked(entry: SourceEntry) -> SourceEntry:
+    """`entry` with IMPLICIT_DIR dropped below it: nothing lower to take metadata from."""
+    stack = [entry]
+    while stack:
+        node = stack.pop()
+        node.xattrs.pop(IMPLICIT_DIR, None)
+        stack.extend(child for child in node.children.values() if child.is_dir)
+    return entry
 
 
 def _take_metadata(lower: SourceEntry, upper: SourceEntry) -> None:

@@ -64,6 +64,8 @@ _SYMLINK_MODE = stat.S_IFLNK | 0o777
 _PAX_MTIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _SCHILY_XATTR = "SCHILY.xattr."
 _LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
+# Marks a directory a layer does not list itself (see `import_tar(mark_implicit=True)`).
+IMPLICIT_DIR = b"trusted.nydus-mesh.implicit-dir"
 
 
 class _Decoder(Protocol):
@@ -155,15 +157,23 @@ def _stream_label(stream: BinaryIO) -> str:
 # ---------------------------------------------------------------- applying a layer
 
 
-def import_tar(path: Path, sink: ChunkSink, *, keep_whiteouts: bool = False) -> SourceEntry:
+def import_tar(
+    path: Path, sink: ChunkSink, *, keep_whiteouts: bool = False, mark_implicit: bool = False
+) -> SourceEntry:
     """The tree of one tar layer (plain, gzip or zstd), its content stored through `sink`.
 
     With `keep_whiteouts` the layer's `.wh.` entries stay in the tree as they are, so a
     per-layer image can later be merged over the layers below it (`nydus-image merge`).
+    With `mark_implicit` the directories the tar does not list (the root, missing parents)
+    carry the `IMPLICIT_DIR` xattr, so that merge keeps the lower layer's metadata for them.
     """
     root = new_root()
+    if mark_implicit:
+        root.xattrs[IMPLICIT_DIR] = b"y"
     with open_layer(path) as stream:
-        apply_layer(root, stream, sink, keep_whiteouts=keep_whiteouts)
+        applier = _LayerApplier(root, sink, None, _stream_label(stream))
+        applier.keep_whiteouts, applier.mark_implicit = keep_whiteouts, mark_implicit
+        applier.apply(stream)
     return root
 
 
@@ -205,6 +215,7 @@ class _LayerApplier:
         # Entries this layer created, updated or passed through: whiteouts spare them.
         self.touched: set[SourceEntry] = set()
         self.keep_whiteouts = False  # record `.wh.` entries as files instead of applying them
+        self.mark_implicit = False  # give directories made for missing parents IMPLICIT_DIR
 
     def apply(self, stream: BinaryIO) -> None:
         try:
@@ -398,6 +409,8 @@ class _LayerApplier:
             child = node.children.get(part)
             if child is None:
                 child = SourceEntry(name=part, mode=stat.S_IFDIR | 0o755)
+                if self.mark_implicit:
+                    child.xattrs[IMPLICIT_DIR] = b"y"  # a later entry for it replaces this
                 node.children[part] = child
             elif not child.is_dir:
                 shown = b"/".join(parts[:depth]).decode(errors="backslashreplace")
