@@ -463,7 +463,7 @@ def register_message(index: int, seed: bool) -> Register:
     )
 
 
-def cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used, from /proc."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -481,12 +481,12 @@ async def drive_http(
         peers, seeds = await mesh.register_all(args.peers, args.seeds)
         rng = random.Random(args.seed)
         groups = [peers[i :: args.clients] for i in range(args.clients)]
-        began, cpu_began = time.perf_counter(), cpu_seconds(pid)
+        began, cpu_began = time.perf_counter(), process_cpu_seconds(pid)
         background = [asyncio.create_task(mesh.seed(s)) for s in seeds]
         background.append(asyncio.create_task(mesh.heartbeats(peers, seeds)))
         await asyncio.gather(*(mesh.client(g, random.Random(rng.random())) for g in groups if g))
         seconds = time.perf_counter() - began
-        figures.server_cpu = cpu_seconds(pid) - cpu_began
+        figures.server_cpu = process_cpu_seconds(pid) - cpu_began
         await asyncio.gather(*background)
     return figures, seconds
 
