@@ -2,25 +2,28 @@
 restarts, and `CachedSource`, the `ChunkSource` that reads through it.
 
 The rule: a chunk is marked present only after its digest was checked and its bytes are
-durable. Only a `FetchedChunk` (made by `verify_chunk`) can be stored; its bytes are
-written, `fdatasync`ed, and only then is its bit set in the chunk map and the map synced,
-all while an exclusive lock is held on the chunk's byte range of the data file. Readers
-hold a shared lock on that range while they test the bit and read the bytes, so no reader
-sees a chunk half written, and a crash at any moment leaves the bit clear or the bytes right.
+durable. Only a `FetchedChunk` (made by `verify_chunk`) can be stored; its bytes and its
+index record are written and `fdatasync`ed, and only then is its bit set in the chunk map
+and the map synced, all while an exclusive lock is held on the chunk's byte range of the
+data file. Readers hold a shared lock on that range while they test the bit and read the
+bytes, so no reader sees a chunk half written, and a crash at any moment leaves the bit
+clear or the bytes right.
 
 Files in `cache_dir`:
 
     <blob_id>.blob.data   sparse; each chunk's stored bytes at its compressed_offset, the
                           blob's own layout, so a peer can serve ranges straight from it
     <blob_id>.chunk_map   header + one bit per chunk index (layout in `_chunkmap`)
+    <blob_id>.chunk_index sparse; per chunk index its offset, sizes, flags, compressor and
+                          digest (`_chunkmap.RECORD`), so a peer serves chunks by index
     .lock                 never removed. Every cache instance holds a shared lock on one
                           byte of it per blob (at a hash of the blob id) while it operates
                           on that blob; eviction takes that byte exclusively, without
                           waiting, so a blob in use by any process is never removed.
 
 A map exists only while its data file's directory entry is durable: creating writes the
-data file, syncs the directory, then links the map in; evicting unlinks the map, syncs the
-directory, then unlinks the data file. So a map's bits never point into a new, empty file.
+data and index files, syncs the directory, then links the map in; evicting unlinks the map,
+syncs the directory, then unlinks the others. So a map's bits never point into new, empty files.
 """
 
 from __future__ import annotations
@@ -40,17 +43,20 @@ from pathlib import Path
 from typing import Any
 
 from ._chunkmap import (
+    RECORD,
     CacheError,
     ChunkMap,
+    ChunkRecord,
     CorruptChunkMap,
     create_map,
+    decode_records,
     fsync_dir,
     lock_range,
     locked,
     unlock_range,
 )
 from ._chunksource import BlobRef, ChunkSource, FetchedChunk, verify_chunk
-from ._digest import ChunkDecodeError
+from ._digest import ChunkDecodeError, Compressor
 from ._errors import ChunkDigestMismatch, CorruptBootstrap
 from ._model import ChunkInfo
 
@@ -58,6 +64,9 @@ log = logging.getLogger(__name__)
 
 DATA_SUFFIX = ".blob.data"
 MAP_SUFFIX = ".chunk_map"
+INDEX_SUFFIX = ".chunk_index"
+COMPRESSOR_CODES = {Compressor.NONE: 0, Compressor.ZSTD: 1, Compressor.LZ4_BLOCK: 2,
+                    Compressor.GZIP: 3}  # fmt: skip
 LOCK_NAME = ".lock"
 _BLOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
@@ -124,6 +133,9 @@ class BlobCache:
     def map_path(self, blob_id: str) -> Path:
         return self.cache_dir / (_checked_id(blob_id) + MAP_SUFFIX)
 
+    def index_path(self, blob_id: str) -> Path:
+        return self.cache_dir / (_checked_id(blob_id) + INDEX_SUFFIX)
+
     # --- reading ---------------------------------------------------------------------------
 
     def has(self, blob_id: str, index: int) -> bool:
@@ -157,6 +169,28 @@ class BlobCache:
                     files.chunk_map.touch(self._clock())
                 return stored
 
+    def chunk_records(self, blob_id: str, start: int, end: int) -> list[ChunkRecord]:
+        """The index records written for chunks `[start, end)` (present or not: check with
+        `read_indexed`, which serves only chunks whose bit is set)."""
+        try:
+            fd = os.open(self.index_path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        try:
+            raw = _pread_all(fd, (end - start) * RECORD.size, start * RECORD.size)
+        finally:
+            os.close(fd)
+        return decode_records(raw, start)
+
+    def read_indexed(self, blob_id: str, records: Sequence[ChunkRecord]) -> list[bytes | None]:
+        """Per record, the chunk's stored bytes if its bit is set and its record unchanged."""
+        with self._pins.held(blob_id):
+            files = self._open_files(blob_id, write=False)
+            if files is None:
+                return [None] * len(records)
+            with files:
+                return [files.read_by_record(record) for record in records]
+
     def _present(self, blob_id: str, indices: Sequence[int]) -> set[int]:
         chunk_map = ChunkMap.open(self.map_path(blob_id), writable=False)
         if chunk_map is None:
@@ -177,7 +211,7 @@ class BlobCache:
             return 0
         with self._pins.held(blob.blob_id):
             with self._files_for_writing(blob.blob_id) as files:
-                stored = files.store(chunks)
+                stored = files.store(chunks, COMPRESSOR_CODES[blob.compressor])
                 files.chunk_map.touch(self._clock())
             if stored and self.size_limit is not None:
                 self.evict_until(self.size_limit)  # this blob is pinned: never evicted here
@@ -197,13 +231,15 @@ class BlobCache:
                 files.discard(info)
 
     def _open_files(self, blob_id: str, *, write: bool) -> _BlobFiles | None:
-        return _BlobFiles.open(self.data_path(blob_id), self.map_path(blob_id), write=write)
+        paths = self.data_path(blob_id), self.map_path(blob_id), self.index_path(blob_id)
+        return _BlobFiles.open(*paths, write=write)
 
     def _files_for_writing(self, blob_id: str) -> _BlobFiles:
-        """The blob's files, created if needed: data file durable first, then the map."""
+        """The blob's files, created if needed: data and index durable first, then the map."""
         data_path, map_path = self.data_path(blob_id), self.map_path(blob_id)
         if not map_path.exists():
-            os.close(os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            for path in (data_path, self.index_path(blob_id)):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
             fsync_dir(self.cache_dir)
             create_map(map_path)
         files = self._open_files(blob_id, write=True)
@@ -251,6 +287,7 @@ class BlobCache:
         self.map_path(blob_id).unlink(missing_ok=True)
         fsync_dir(self.cache_dir)
         self.data_path(blob_id).unlink(missing_ok=True)
+        self.index_path(blob_id).unlink(missing_ok=True)
         log.info("cache evicted blob %s", blob_id)
 
     def _last_access(self, blob_id: str) -> int:
@@ -267,12 +304,15 @@ class BlobCache:
 class _BlobFiles:
     """The data file and chunk map of one blob, opened for one operation."""
 
-    def __init__(self, data_fd: int, chunk_map: ChunkMap) -> None:
+    def __init__(self, data_fd: int, chunk_map: ChunkMap, index_path: Path) -> None:
         self.data_fd = data_fd
         self.chunk_map = chunk_map
+        self.index_path = index_path
 
     @classmethod
-    def open(cls, data_path: Path, map_path: Path, *, write: bool) -> _BlobFiles | None:
+    def open(
+        cls, data_path: Path, map_path: Path, index_path: Path, *, write: bool
+    ) -> _BlobFiles | None:
         """None when the blob has no map or no data file: nothing of it is present."""
         chunk_map = ChunkMap.open(map_path, writable=True)
         if chunk_map is None:
@@ -283,7 +323,7 @@ class _BlobFiles:
         except FileNotFoundError:
             chunk_map.close()
             return None
-        return cls(data_fd, chunk_map)
+        return cls(data_fd, chunk_map, index_path)
 
     def __enter__(self) -> _BlobFiles:
         return self
@@ -299,16 +339,48 @@ class _BlobFiles:
                 return None
             return _pread_all(self.data_fd, info.compressed_size, info.compressed_offset)
 
-    def store(self, chunks: Sequence[FetchedChunk]) -> int:
-        """Write the chunks not present yet, sync, then set their bits; the number written."""
+    def read_by_record(self, record: ChunkRecord) -> bytes | None:
+        """The stored bytes, if the bit is set and the record still reads the same under
+        the span's lock (a record read before its writer finished is not trusted)."""
+        start, length = record.compressed_offset, max(1, record.compressed_size)
+        with locked(self.data_fd, start, length, exclusive=False):
+            if not self.chunk_map.has(record.index) or self._record(record.index) != record:
+                return None
+            return _pread_all(self.data_fd, record.compressed_size, record.compressed_offset)
+
+    def _record(self, index: int) -> ChunkRecord | None:
+        try:
+            fd = os.open(self.index_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            found = decode_records(os.pread(fd, RECORD.size, index * RECORD.size), index)
+        finally:
+            os.close(fd)
+        return found[0] if found else None
+
+    def store(self, chunks: Sequence[FetchedChunk], compressor: int) -> int:
+        """Write the chunks not present yet and their index records, sync, then set their
+        bits; the number written."""
         with self._locked_spans([c.info for c in chunks]):
             new = [c for c in chunks if not self.chunk_map.has(c.info.index)]
             for chunk in new:
                 _pwrite_all(self.data_fd, chunk.stored, chunk.info.compressed_offset)
             if new:
+                self._write_records(new, compressor)
                 os.fdatasync(self.data_fd)
                 self.chunk_map.set_many(c.info.index for c in new)
             return len(new)
+
+    def _write_records(self, chunks: Sequence[FetchedChunk], compressor: int) -> None:
+        fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            for chunk in chunks:
+                _pwrite_all(fd, _record_of(chunk.info, compressor).encode(),
+                            chunk.info.index * RECORD.size)  # fmt: skip
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def discard(self, info: ChunkInfo) -> None:
         start, length = _span(info)
@@ -597,8 +669,13 @@ def _checked_id(blob_id: str) -> str:
     return blob_id
 
 
+def _record_of(info: ChunkInfo, compressor: int) -> ChunkRecord:
+    return ChunkRecord(info.index, info.compressed_offset, info.compressed_size,
+                       info.uncompressed_size, info.flags, compressor, info.digest)  # fmt: skip
+
+
 def _blob_id_of(name: str) -> str | None:
-    for suffix in (DATA_SUFFIX, MAP_SUFFIX):
+    for suffix in (DATA_SUFFIX, MAP_SUFFIX, INDEX_SUFFIX):
         if name.endswith(suffix) and _BLOB_ID.fullmatch(name[: -len(suffix)]):
             return name[: -len(suffix)]
     return None

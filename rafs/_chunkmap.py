@@ -118,6 +118,62 @@ def decode_indices(bitmap: bytes | bytearray) -> list[int]:
     return [i for i in range(len(bitmap) * 8) if value >> i & 1]
 
 
+# --- the chunk index sidecar ---------------------------------------------------------------
+# `<blob_id>.chunk_index`: one fixed-size record per chunk index, at index * RECORD.size, so
+# a peer can serve a chunk by blob id and index alone. A record is written and synced before
+# its chunk's bit is set, and never changes while the bit is set; holes read as zeros and a
+# zero `valid` byte means "no record".
+
+RECORD = struct.Struct(
+    "<"
+    "Q"  # compressed_offset: where the stored bytes lie in the blob (and the data file)
+    "I"  # compressed_size: stored bytes
+    "I"  # uncompressed_size
+    "I"  # flags: the chunk's CHUNK_* bits
+    "B"  # compressor: 0 none, 1 zstd, 2 lz4_block, 3 gzip
+    "B"  # valid: 1 once written
+    "2x"  # reserved: 0
+    "32s"  # digest of the uncompressed bytes
+)
+assert RECORD.size == 56
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """Where chunk `index` of a blob lies and what it hashes to, as the cache recorded it."""
+
+    index: int
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_size: int
+    flags: int
+    compressor: int
+    digest: bytes
+
+    def encode(self) -> bytes:
+        return RECORD.pack(
+            self.compressed_offset,
+            self.compressed_size,
+            self.uncompressed_size,
+            self.flags,
+            self.compressor,
+            1,
+            self.digest,
+        )
+
+
+def decode_records(raw: bytes, first_index: int) -> list[ChunkRecord]:
+    """The valid records in `raw` (whole records read from index `first_index` on)."""
+    found = []
+    for n, fields in enumerate(RECORD.iter_unpack(raw[: len(raw) - len(raw) % RECORD.size])):
+        offset, size, usize, flags, compressor, valid, digest = fields
+        if valid:
+            found.append(
+                ChunkRecord(first_index + n, offset, size, usize, flags, compressor, digest)
+            )
+    return found
+
+
 # --- byte-range locks ----------------------------------------------------------------------
 
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock, 64-bit Linux: type, whence, start, len, pid
