@@ -20,6 +20,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO
@@ -38,8 +39,10 @@ from ._tarimport import apply_layer, open_layer
 from ._workdir import spool_blob
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-READ_RUN = 8  # chunks of one file fetched in one request
-FILES_AT_ONCE = 8
+BATCH_BYTES = 8 << 20  # file content fetched and hashed as one group
+BATCHES_AT_ONCE = 4
+READ_RUN = 8  # chunks of one large file fetched at a time
+HASH_THREADS = 8  # files of a mounted tree read at once
 
 _KINDS = (
     (stat.S_ISDIR, "dir"),
@@ -240,28 +243,83 @@ async def blob_problems(client: RegistryClient, repo: str, image: NydusImage) ->
 
 
 async def nydus_facts(image: NydusImage, origin: OriginSource) -> TreeFacts:
-    """The image's tree; each file's content read through `origin`, chunk by chunk."""
+    """The image's tree; file content read through `origin`, files that lie close together
+    in a blob fetched together (`OriginSource` turns neighbours into one ranged read)."""
     boot = image.boot
-    slots = asyncio.Semaphore(FILES_AT_ONCE)
+    slots = asyncio.Semaphore(BATCHES_AT_ONCE)
+
+    async def digests(batch: list[Inode]) -> dict[int, str]:
+        async with slots:
+            return await _batch_digests(boot, origin, batch)
+
+    found: dict[int, str] = {}
+    for part in await run_all(digests(batch) for batch in _batches(_distinct_files(boot))):
+        found.update(part)
+    return _bootstrap_facts(boot, found)
+
+
+def _distinct_files(boot: Bootstrap) -> list[Inode]:
+    """One name per regular inode, in the order their content lies in the blobs."""
     firsts: dict[int, Inode] = {}
     for _, inode in boot.walk():
         if inode.is_reg:
             firsts.setdefault(inode.ino, inode)
-
-    async def digest_of(inode: Inode) -> tuple[int, str]:
-        async with slots:
-            return inode.ino, await _content_sha256(boot, origin, inode)
-
-    digests = dict(await run_all(digest_of(i) for i in firsts.values()))
-    return _bootstrap_facts(boot, digests)
+    return sorted(firsts.values(), key=_content_place)
 
 
-async def _content_sha256(boot: Bootstrap, origin: OriginSource, inode: Inode) -> str:
+def _content_place(inode: Inode) -> tuple[int, int]:
+    first = min(inode.chunks, key=lambda c: c.file_offset, default=None)
+    return (-1, 0) if first is None else (first.blob_index, first.compressed_offset)
+
+
+def _batches(files: list[Inode]) -> Iterator[list[Inode]]:
+    """Files in groups of about BATCH_BYTES of content; a larger file is a group alone."""
+    batch: list[Inode] = []
+    size = 0
+    for inode in files:
+        if batch and size + inode.size > BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(inode)
+        size += inode.size
+    if batch:
+        yield batch
+
+
+async def _batch_digests(
+    boot: Bootstrap, origin: OriginSource, batch: list[Inode]
+) -> dict[int, str]:
+    if len(batch) == 1 and batch[0].size > BATCH_BYTES:
+        return {batch[0].ino: await _streamed_sha256(boot, origin, batch[0])}
+    wanted: dict[int, list[ChunkInfo]] = {}
+    for inode in batch:
+        for chunk in inode.chunks:
+            wanted.setdefault(chunk.blob_index, []).append(chunk)
+    data: dict[tuple[int, int, bytes], bytes] = {}
+    for blob_index, chunks in wanted.items():
+        for fetched in await origin.get(BlobRef.of(boot, blob_index), chunks):
+            info = fetched.info
+            data[(blob_index, info.compressed_offset, info.digest)] = fetched.data
+    return {inode.ino: _sha256(inode, data) for inode in batch}
+
+
+def _sha256(inode: Inode, data: dict[tuple[int, int, bytes], bytes]) -> str:
+    hasher, pos = hashlib.sha256(), 0
+    for chunk in sorted(inode.chunks, key=lambda c: c.file_offset):
+        piece = data[(chunk.blob_index, chunk.compressed_offset, chunk.digest)]
+        hasher.update(bytes(chunk.file_offset - pos))  # a hole reads as zeros
+        hasher.update(piece)
+        pos = chunk.file_offset + len(piece)
+    hasher.update(bytes(max(0, inode.size - pos)))
+    return hasher.hexdigest()
+
+
+async def _streamed_sha256(boot: Bootstrap, origin: OriginSource, inode: Inode) -> str:
+    """A large file's digest, its chunks fetched a run at a time."""
     hasher, pos = hashlib.sha256(), 0
     for run in _runs(sorted(inode.chunks, key=lambda c: c.file_offset)):
-        fetched = await origin.get(BlobRef.of(boot, run[0].blob_index), run)
-        for chunk in fetched:
-            hasher.update(bytes(chunk.info.file_offset - pos))  # a hole reads as zeros
+        for chunk in await origin.get(BlobRef.of(boot, run[0].blob_index), run):
+            hasher.update(bytes(chunk.info.file_offset - pos))
             hasher.update(chunk.data)
             pos = chunk.info.file_offset + len(chunk.data)
     hasher.update(bytes(max(0, inode.size - pos)))
@@ -304,31 +362,34 @@ def _bootstrap_facts(boot: Bootstrap, digests: dict[int, str]) -> TreeFacts:
 
 
 def directory_facts(root: Path) -> TreeFacts:
-    """The tree under `root` (a `nydusd` mount), read with lstat, xattr calls and reads."""
+    """The tree under `root` (a `nydusd` mount), read with lstat, xattr calls and reads;
+    files are read a few at a time, so that a lazy mount fetches in parallel."""
+    base = os.fsencode(root)
+    paths = [base]
+    for dirpath, dirnames, filenames in os.walk(base):
+        paths.extend(os.path.join(dirpath, name) for name in dirnames + filenames)
+    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="check-read") as pool:
+        facts = list(pool.map(_path_facts, paths))
     tree = TreeFacts()
     groups: dict[int, set[bytes]] = {}
-    base = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(base):
-        if dirpath == base:
-            tree.entries[b"/"] = _path_facts(base)
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            rel = b"/" + os.path.relpath(full, base)
-            tree.entries[rel] = facts = _path_facts(full)
-            if facts.kind == "file":
-                groups.setdefault(os.lstat(full).st_ino, set()).add(rel)
+    for full, (entry, ino) in zip(paths, facts, strict=True):
+        rel = b"/" if full == base else b"/" + os.path.relpath(full, base)
+        tree.entries[rel] = entry
+        if entry.kind == "file":
+            groups.setdefault(ino, set()).add(rel)
     tree.links = {frozenset(g) for g in groups.values() if len(g) > 1}
     return tree
 
 
-def _path_facts(path: bytes) -> EntryFacts:
+def _path_facts(path: bytes) -> tuple[EntryFacts, int]:
     st = os.lstat(path)
     kind = kind_of(st.st_mode)
     target = os.readlink(path) if kind == "symlink" else None
     sha = _file_sha256(path) if kind == "file" else None
-    return _facts(
+    facts = _facts(
         st.st_mode, st.st_uid, st.st_gid, st.st_size, target, st.st_rdev, _xattrs(path), sha
     )
+    return facts, st.st_ino
 
 
 def _file_sha256(path: bytes) -> str:

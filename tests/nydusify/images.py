@@ -76,6 +76,8 @@ def first_tree(root: Path) -> None:
     os.mknod(root / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.mknod(root / "loop9", 0o660 | stat.S_IFBLK, os.makedev(7, 9))
     (root / "empty").write_bytes(b"")
+    # Larger than what `check` fetches in one go: read a run of chunks at a time.
+    (root / "large.img").write_bytes(os.urandom(1 << 20) + bytes(8 << 20) + b"tail")
 
 
 def second_changes(rootfs: Path) -> None:
