@@ -8,9 +8,11 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from rafs._load import load_bootstrap_bytes
+from tests.fixtures.images import add_index, push
 from tests.fixtures.registry import RegistryServer
 from tests.nydusify.helpers import (
     NYDUS_BLOB,
@@ -277,3 +279,19 @@ def test_corrupt_blobs_are_refused(
     assert list((work / "fresh" / "spool").iterdir()) == []
     records = [json.loads(p.read_text()) for p in (work / "fresh" / "layers").glob("*.json")]
     assert source_layer not in [r["source"] for r in records]  # good layers may stay cached
+
+
+def test_an_index_resolves_to_the_platform_asked_for(
+    registry: RegistryServer, layered: LayeredImage, work: Path, tmp_path: Path
+) -> None:
+    layout = tmp_path / "layout"
+    shutil.copytree(layered.layout, layout)
+    add_index(layout, "multi", {layered.tag: ("linux", "amd64")})
+    push(layout, "multi", f"{registry.host}/multi:v1", all_platforms=True)
+    summary = convert(registry, "multi:v1", "multi:nydus", work)
+    assert summary["converted"] == 3
+    assert check(registry, "multi:v1", "multi:nydus", work).returncode == 0
+    run = nydusify("convert", "--source", f"{registry.host}/multi:v1", "--target",
+                   f"{registry.host}/multi:arm", "--work-dir", str(work),
+                   "--platform", "linux/arm64")  # fmt: skip
+    assert "offers linux/amd64" in one_error_line(run)
