@@ -1,0 +1,111 @@
+"""`dfdaemon`: a peer of the nydus-mesh: serves verified chunks, fetches from peers.
+
+    dfdaemon --supernode URL --listen ADDR --data-dir DIR [--token T] [--seed]
+             [--upload-limit RATE] [--mount REF:MOUNTPOINT]
+
+Registers with the supernode, serves the chunks its cache holds to other peers, and (with
+`--mount`) mounts a Nydus image whose missing chunks come from peers before the registry.
+With `--seed` it takes seed tasks: chunks fetched from the origin for others. Runs in the
+foreground until SIGINT/SIGTERM. Every failure is one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from rafs import RafsError
+
+from ._errors import PeerError
+from ._options import DaemonOptions, MountSpec, parse_listen
+from ._ratelimit import parse_rate
+
+PROG = "dfdaemon"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--supernode", required=True, help="supernode URL, e.g. http://127.0.0.1:8002")
+    p.add_argument("--listen", default="127.0.0.1:65001", help="chunk server HOST:PORT")
+    p.add_argument("--data-dir", type=Path, required=True, help="cache, state and bootstraps")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("NYDUS_MESH_TOKEN"),
+        help="cluster token for the supernode (env NYDUS_MESH_TOKEN)",
+    )
+    p.add_argument("--seed", action="store_true", help="take seed tasks from the supernode")
+    p.add_argument("--upload-limit", help="upload rate limit, e.g. 100M, 20MB/s, 800Mbit")
+    p.add_argument("--upload-slots", type=int, default=16, help="chunk requests served at once")
+    p.add_argument(
+        "--mount", action="append", default=[], metavar="REF:MOUNTPOINT",
+        help="mount a Nydus image (its misses go to peers before the registry)",
+    )  # fmt: skip
+    p.add_argument("--peer-id", help="peer id (default: kept in the data dir)")
+    p.add_argument("--host-name", help="host name registered (default: this host's)")
+    p.add_argument("--zone", help="zone label, for locality")
+    p.add_argument("--advertise-host", help="IP other peers reach this one on")
+    p.add_argument("--cache-dir", type=Path, help="chunk cache (default: DATA_DIR/cache)")
+    p.add_argument("--cache-size", type=_size, help="cache size limit, e.g. 10G")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    factor = units.get(text[-1:], 1)
+    try:
+        return int(float(text[:-1] if factor > 1 else text) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G)") from None
+
+
+def options_from(args: argparse.Namespace) -> DaemonOptions:
+    return DaemonOptions(
+        supernode=args.supernode,
+        listen=parse_listen(args.listen),
+        data_dir=args.data_dir,
+        token=args.token,
+        seed=args.seed,
+        upload_limit=parse_rate(args.upload_limit) if args.upload_limit else None,
+        upload_slots=args.upload_slots,
+        mounts=tuple(MountSpec.parse(m) for m in args.mount),
+        peer_id=args.peer_id,
+        host_name=args.host_name,
+        zone=args.zone,
+        advertise_host=args.advertise_host,
+        cache_dir=args.cache_dir,
+        cache_size=args.cache_size,
+        insecure=args.insecure,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from ._daemon import serve
+
+    try:
+        options = options_from(args)
+        uvloop.run(serve(options))
+    except (PeerError, RafsError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
