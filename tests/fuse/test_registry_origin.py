@@ -79,3 +79,21 @@ async def test_registry_stopped_after_prefetch_all_reads_still_succeed(
     stop_registry(registry)  # the network is gone
     for name, data in files.items():
         assert await asyncio.to_thread((m.mountpoint / name).read_bytes) == data
+
+
+async def test_a_slow_chunk_does_not_block_other_files(
+    tmp_path: Path, mounter: Mounter, registry: RegistryServer
+) -> None:
+    boot, blobs, files = small_image(tmp_path)
+    await push_image_blobs(registry, blobs, "slow/blobs")
+    async with FaultProxy(registry.host) as proxy:
+        config = backend_config(tmp_path / "backend.json", proxy.host, "slow/blobs")
+        m = await asyncio.to_thread(mounter.mount, "-B", str(boot), "--backend-config", str(config))
+        proxy.delay(1, 4.0)  # the next origin request hangs for 4 s
+        slow = asyncio.create_task(asyncio.to_thread((m.mountpoint / "f0").read_bytes))
+        while not proxy.seen:  # the slow read has reached the origin
+            await asyncio.sleep(0.02)
+        fast = await asyncio.to_thread((m.mountpoint / "f5").read_bytes)
+        assert fast == files["f5"]
+        assert not slow.done()  # f5 was served while f0's chunk was still on its way
+        assert await slow == files["f0"]
