@@ -1,15 +1,17 @@
 """`make demo`: the main job on this machine, end to end, with embedded defaults.
 
 Today that is the image half: a real directory tree becomes a Nydus RAFS v5 image
-(bootstrap + zstd blob), every digest and chunk is checked, the image is unpacked again and
-the result compared with the source tree entry by entry. Later stages (registry, lazy
-mount, mesh) extend this script.
+(bootstrap + zstd blob), every digest and chunk is checked, the image is unpacked and
+compared with the source entry by entry, then mounted lazily with `nydusd`: a few files
+are read and only their chunks leave the blob. Later stages (registry, peer mesh) extend
+this script.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -24,68 +26,25 @@ from rich.table import Table
 
 DEFAULT_TREE = Path("/usr/share/doc")
 WORK = Path(__file__).resolve().parents[1] / "demo-work"
+BIN = Path(sys.executable).parent
 console = Console()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--tree", type=Path, default=Path(os.environ.get("DEMO_TREE", DEFAULT_TREE))
-    )
-    args = parser.parse_args()
-    tree: Path = args.tree
+    default = Path(os.environ.get("DEMO_TREE", DEFAULT_TREE))
+    parser.add_argument("--tree", type=Path, default=default)
+    tree: Path = parser.parse_args().tree
     if not tree.is_dir():
         console.print(f"[red]demo: source tree {tree} is not a directory[/red]")
         return 1
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
-    tool = Path(sys.executable).with_name("nydus-image")
-    rows: list[tuple[str, str]] = []
-    t0 = time.monotonic()
-    run(
-        tool,
-        "create",
-        "--bootstrap",
-        WORK / "image.boot",
-        "--blob-dir",
-        WORK / "blobs",
-        "--output-json",
-        WORK / "build.json",
-        tree,
-    )
-    build_s = time.monotonic() - t0
-    import json
-
-    summary = json.loads((WORK / "build.json").read_text())
-    run(tool, "check", "--bootstrap", WORK / "image.boot", "--blob-dir", WORK / "blobs")
-    t1 = time.monotonic()
-    run(
-        tool,
-        "unpack",
-        "--bootstrap",
-        WORK / "image.boot",
-        "--blob-dir",
-        WORK / "blobs",
-        "--output",
-        WORK / "unpacked.tar",
-    )
-    unpack_s = time.monotonic() - t1
-    compared, mismatches = compare(tree, WORK / "unpacked.tar")
-    blob_size = summary["blob_compressed_size"]
-    rows += [
-        ("source tree", str(tree)),
-        ("entries / regular files", f"{summary['entries']} / {summary['files']}"),
-        ("file bytes", human(summary["bytes"])),
-        ("chunks (unique)", f"{summary['chunks']} ({summary['unique_chunks']})"),
-        ("chunks deduplicated", str(summary["chunks_deduped"])),
-        ("blob (zstd)", f"{human(blob_size)}  {summary['new_blob'] or '-'}"),
-        ("bootstrap", human((WORK / "image.boot").stat().st_size)),
-        ("build", f"{build_s:.1f} s  ({summary['bytes'] / max(build_s, 1e-9) / 1e6:.0f} MB/s)"),
-        ("check", "every digest and chunk verified"),
-        ("unpack", f"{unpack_s:.1f} s"),
-        ("compared with source", f"{compared} entries, {len(mismatches)} differences"),
-    ]
-    table = Table(title="nydus-mesh demo: directory -> RAFS v5 image -> check -> unpack")
+    rows: list[tuple[str, str]] = [("source tree", str(tree))]
+    summary = build(tree, rows)
+    mismatches = check_and_compare(tree, rows)
+    lazy_mount(tree, summary, rows)
+    table = Table(title="nydus-mesh demo: directory -> RAFS v5 image -> check -> unpack -> mount")
     table.add_column("step")
     table.add_column("result")
     for key, value in rows:
@@ -96,12 +55,119 @@ def main() -> int:
     return 1 if mismatches else 0
 
 
-def run(*args: object) -> None:
-    subprocess.run([str(a) for a in args], check=True, stdout=subprocess.DEVNULL)
+def nydus_image(*args: object) -> None:
+    subprocess.run(
+        [str(BIN / "nydus-image"), *map(str, args)], check=True, stdout=subprocess.DEVNULL
+    )
+
+
+def build(tree: Path, rows: list[tuple[str, str]]) -> dict[str, int]:
+    start = time.monotonic()
+    nydus_image(
+        "create",
+        "--bootstrap",
+        WORK / "image.boot",
+        "--blob-dir",
+        WORK / "blobs",
+        "--output-json",
+        WORK / "build.json",
+        tree,
+    )
+    seconds = time.monotonic() - start
+    s: dict[str, int] = json.loads((WORK / "build.json").read_text())
+    rows += [
+        ("entries / regular files", f"{s['entries']} / {s['files']}"),
+        ("file bytes", human(s["bytes"])),
+        ("chunks (unique)", f"{s['chunks']} ({s['unique_chunks']})"),
+        ("chunks deduplicated", str(s["chunks_deduped"])),
+        ("blob (zstd)", f"{human(s['blob_compressed_size'])}"),
+        ("bootstrap", human((WORK / "image.boot").stat().st_size)),
+        ("build", f"{seconds:.1f} s ({s['bytes'] / max(seconds, 1e-9) / 1e6:.0f} MB/s)"),
+    ]
+    return s
+
+
+def check_and_compare(tree: Path, rows: list[tuple[str, str]]) -> list[str]:
+    nydus_image("check", "--bootstrap", WORK / "image.boot", "--blob-dir", WORK / "blobs")
+    nydus_image(
+        "unpack",
+        "--bootstrap",
+        WORK / "image.boot",
+        "--blob-dir",
+        WORK / "blobs",
+        "--output",
+        WORK / "unpacked.tar",
+    )
+    compared, mismatches = compare(tree, WORK / "unpacked.tar")
+    rows += [
+        ("check", "every Merkle digest and chunk verified"),
+        ("unpack vs source", f"{compared} entries, {len(mismatches)} differences"),
+    ]
+    return mismatches
+
+
+def lazy_mount(tree: Path, summary: dict[str, int], rows: list[tuple[str, str]]) -> None:
+    if not os.path.exists("/dev/fuse"):
+        rows.append(("lazy mount", "skipped: /dev/fuse is missing"))
+        return
+    mnt, sock = WORK / "mnt", WORK / "nydusd.sock"
+    mnt.mkdir()
+    start = time.monotonic()
+    daemon = subprocess.Popen(
+        [
+            str(BIN / "nydusd"),
+            "--bootstrap",
+            str(WORK / "image.boot"),
+            "--blob-dir",
+            str(WORK / "blobs"),
+            "--mountpoint",
+            str(mnt),
+            "--cache-dir",
+            str(WORK / "cache"),
+            "--apisock",
+            str(sock),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not (os.path.ismount(mnt) and sock.exists()):
+            if daemon.poll() is not None or time.monotonic() - start > 20:
+                rows.append(("lazy mount", "nydusd did not mount"))
+                return
+            time.sleep(0.02)
+        mounted = time.monotonic() - start
+        files = [p for p in sorted(tree.rglob("*")) if p.is_file() and not p.is_symlink()][:25]
+        same = sum((mnt / p.relative_to(tree)).read_bytes() == p.read_bytes() for p in files)
+        origin = metric(sock, "nydusd_origin_bytes_total")
+        rows += [
+            ("mount ready", f"{mounted:.2f} s"),
+            ("files read through the mount", f"{len(files)} ({same} equal to the source)"),
+            (
+                "fetched from the blob",
+                f"{human(int(origin))} of {human(summary['blob_compressed_size'])}",
+            ),
+        ]
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+        subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, stderr=subprocess.DEVNULL)
+
+
+def metric(sock: Path, name: str) -> float:
+    out = subprocess.run(
+        ["curl", "-s", "--unix-socket", str(sock), "http://nydusd/metrics"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def compare(tree: Path, archive: Path) -> tuple[int, list[str]]:
-    """Each tar entry against the source: type, mode, owner, size, content, link target."""
+    """Each tar entry against the source: type, mode, owner, content, link target."""
     problems: list[str] = []
     count = 0
     with tarfile.open(archive) as tar:
