@@ -63,6 +63,7 @@ class Announcer:
         self._ready = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._announced: dict[str, ChunkSet] = {}  # since the last registration
         self.sent = 0
 
     def note(self, blob_id: str, indices: Iterable[int]) -> None:
@@ -76,6 +77,8 @@ class Announcer:
 
     def resync(self) -> None:
         """Announce every chunk the cache holds of every blob with a known chunk count."""
+        self._announced.clear()
+        self.session.metrics.announced.set(0)
         self._spawn(self._note_present(list(self.catalog.known_counts())))
 
     def resync_blob(self, blob_id: str) -> None:
@@ -123,6 +126,9 @@ class Announcer:
         if not self.session.registered:
             return  # failed: the next registration announces everything again
         self.sent += 1
+        before = self._announced.get(blob_id, ChunkSet(count))
+        self._announced[blob_id] = before | chunks
+        self.session.metrics.announced.inc(len(self._announced[blob_id]) - len(before))
         log.debug("announced %d chunks of blob %s", len(chunks), blob_id)
 
     async def close(self) -> None:

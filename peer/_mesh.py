@@ -8,8 +8,11 @@ per plan:
   parent are pipelined and faster parents take more), verify every chunk as its frame
   arrives, and give back what they did not deliver, for another parent;
 - `FromOrigin`: the chunks come from the fallback source (the origin);
-- `RetryLater`: ask again after the hint, for at most `max_rounds` rounds and `max_wait`
+- `RetryLater`: ask again after the hint (at most `max_retry_pause`: a seed is usually
+  quicker than the supernode's hint), for at most `max_rounds` rounds and `max_wait`
   seconds, then go to the origin.
+
+A plan whose parents all failed earlier in this fetch goes to the origin at once.
 
 After each round it reports per parent what happened (`PieceResults`). A parent that sent
 a chunk with a wrong digest is reported and distrusted for the blob for good; a failing
@@ -63,9 +66,10 @@ class MeshConfig:
     batch_chunks: int = 16
     batch_bytes: int = 4 << 20
     depth: int = 2  # requests in flight per parent
-    max_rounds: int = 12
+    max_rounds: int = 40
     max_wait: float = 20.0  # longest a fetch waits on the mesh before the origin
     idle_retry: float = 0.1  # pause after a round without progress (doubles)
+    max_retry_pause: float = 0.2  # a RetryLater hint longer than this is cut to it
     base_timeout: float = 5.0  # a batch may take this long plus its size at `min_rate`
     min_rate: float = 256 << 10
     switch: SwitchPolicy = field(default_factory=SwitchPolicy)
@@ -197,17 +201,22 @@ class _Fetch:
         plans: list[FromParents] = []
         pause: float | None = None
         for plan in answer.plans:
-            if isinstance(plan, FromParents):
+            if isinstance(plan, FromParents) and self._any_usable(plan):
                 plans.append(plan)
-            elif isinstance(plan, FromOrigin):
+            elif isinstance(plan, FromParents | FromOrigin):  # told so, or only failed parents
                 self.to_origin.update(i for i in range(plan.start, plan.end) if i in pending)
             elif isinstance(plan, RetryLater):
-                hint = plan.retry_after_ms / 1000
+                hint = min(plan.retry_after_ms / 1000, self.config.max_retry_pause)
                 pause = hint if pause is None else min(pause, hint)
         if plans:
             await self._from_parents(plans, pending)
             await self.mesh.report(self.blob.blob_id, self.board.take_results())
         return pause
+
+    def _any_usable(self, plan: FromParents) -> bool:
+        """Whether a parent of the plan is still trusted and not dropped in this fetch (the
+        supernode keeps naming a dead parent until it expires: do not wait for that)."""
+        return any(self.board.usable(parent.peer_id) for parent in plan.parents)
 
     # --- parents ------------------------------------------------------------------------
 

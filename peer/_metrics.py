@@ -57,6 +57,11 @@ class PeerMetrics:
         self.uploads_in_flight = Gauge(
             "dfdaemon_uploads_in_flight", "chunk requests being served", registry=r
         )
+        self.announced = Gauge(
+            "dfdaemon_announced_chunks",
+            "distinct chunks announced since the last registration",
+            registry=r,
+        )
         self.registered = Gauge(
             "dfdaemon_supernode_registered", "1 while registered with the supernode", registry=r
         )

@@ -6,6 +6,9 @@ Tasks arrive in heartbeat answers and by polling `GET seed-tasks` every `poll_in
 chunk table comes from the catalog or, failing that, from the bootstrap its origin URL
 names (`_origins`).
 
+A task's ranges are extended by `readahead` bytes of the chunks that follow them (lazy
+readers read forward), so one task warms what the next reads need.
+
 Rule: a seed stores only chunks the origin source verified; a task that cannot be done
 (no chunk table, origin down) is logged and dropped: the supernode expires its flight and
 the waiting peers go to the origin themselves.
@@ -44,8 +47,9 @@ class Seeder:
         metrics: PeerMetrics,
         *,
         workers: int = 2,
-        poll_interval: float = 0.3,
+        poll_interval: float = 0.2,
         batch_bytes: int = 8 << 20,
+        readahead: int = 4 << 20,
     ) -> None:
         self.session = session
         self.cache = cache
@@ -55,6 +59,7 @@ class Seeder:
         self.workers = workers
         self.poll_interval = poll_interval
         self.batch_bytes = batch_bytes
+        self.readahead = readahead
         self._queue: asyncio.Queue[SeedTask] = asyncio.Queue()
         self._seen: dict[str, None] = {}
 
@@ -93,7 +98,7 @@ class Seeder:
     async def seed(self, task: SeedTask) -> int:
         """Do one task; the number of chunks fetched from the origin."""
         entry = await self._entry(task)
-        wanted = _wanted(task, entry)
+        wanted = _wanted(task, entry, self.readahead)
         missing = await asyncio.to_thread(self.cache.missing, task.blob_id, wanted)
         source = self.origins.source(RegistryBlobUrl.parse(task.origin_url))
         for group in _groups(missing, self.batch_bytes):
@@ -117,12 +122,30 @@ class Seeder:
         return entry
 
 
-def _wanted(task: SeedTask, entry: BlobEntry) -> list[ChunkInfo]:
-    """The task's chunks that the chunk table names (all of them for a whole-blob task)."""
+def _wanted(task: SeedTask, entry: BlobEntry, readahead: int) -> list[ChunkInfo]:
+    """The task's chunks that the chunk table names (all of them for a whole-blob task),
+    each range followed by up to `readahead` bytes of the chunks after it: a reader that
+    wanted chunk i will most likely want i + 1 next, and should not wait for a second task."""
     if not task.ranges:
         return [entry.chunks[i] for i in sorted(entry.chunks)]
-    return [entry.chunks[i] for start, end in task.ranges for i in range(start, end)
-            if i in entry.chunks]  # fmt: skip
+    indices: set[int] = set()
+    for start, end in task.ranges:
+        indices.update(i for i in range(start, end) if i in entry.chunks)
+        indices.update(_following(entry, end, readahead))
+    return [entry.chunks[i] for i in sorted(indices)]
+
+
+def _following(entry: BlobEntry, start: int, budget: int) -> list[int]:
+    """Indices from `start` on, in order, while their stored bytes fit in `budget`."""
+    found = []
+    index = start
+    while index < entry.chunk_count and index in entry.chunks:
+        budget -= entry.chunks[index].compressed_size
+        if budget < 0:
+            break
+        found.append(index)
+        index += 1
+    return found
 
 
 def _groups(chunks: Sequence[ChunkInfo], limit: int) -> list[list[ChunkInfo]]:

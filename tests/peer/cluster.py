@@ -144,6 +144,26 @@ class Peer:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def held(self, blob_ids: list[str]) -> int:
+        """Chunks of these blobs the peer's cache holds (from its bitmap endpoint)."""
+        total = 0
+        for blob_id in blob_ids:
+            bitmap = http_get(f"{self.url}/api/v1/blobs/{blob_id}/bitmap")
+            total += int.from_bytes(bitmap, "little").bit_count()
+        return total
+
+    def wait_announced(self, blob_ids: list[str], timeout: float = 10.0) -> int:
+        """Wait until every chunk the cache holds was announced; how many that is."""
+        found: list[int] = []
+
+        def settled() -> bool:
+            held = self.held(blob_ids)
+            found[:] = [held]
+            return held > 0 and self.metric("dfdaemon_announced_chunks") >= held
+
+        wait_for(f"peer {self.name} to announce its chunks", settled, timeout)
+        return found[0]
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         code = stop_process(self.process, sig)
         if self.mountpoint is not None and os.path.ismount(self.mountpoint):
@@ -211,6 +231,8 @@ class Image:
     reference: str
     files: dict[str, bytes]
     blob_ids: list[str]
+    bootstrap: Path
+    blob_dir: Path
 
 
 def build_and_push(
@@ -229,7 +251,7 @@ def build_and_push(
     subprocess.run([*create, "--chunk-size", "0x40000", str(src)], check=True, capture_output=True)
     blob_ids = sorted(p.name for p in blobs.iterdir())
     asyncio.run(_push(registry, repo, boot.read_bytes(), blobs, blob_ids))
-    return Image(registry.ref(repo, "v1"), files, blob_ids)
+    return Image(registry.ref(repo, "v1"), files, blob_ids, boot, blobs)
 
 
 async def _push(
