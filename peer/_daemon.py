@@ -5,8 +5,8 @@ announcer, the seeder and the FUSE mount all run on it. SIGINT or SIGTERM (or th
 being unmounted from outside) ends the daemon: the mount is unmounted, the node leaves the
 mesh, every client and the cache are closed.
 
-pyfuse3 holds one FUSE session per process, so this daemon mounts one image; more than
-one `--mount` is refused until a multiplexing filesystem lands.
+One `--mount` runs as `fuse._daemon.Daemon` (with its API socket); several share one FUSE
+session (pyfuse3 allows one a process): see `_multifs`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,18 @@ import contextlib
 import logging
 import signal
 import socket
+from pathlib import Path
 
 import pyfuse3
+import pyfuse3.asyncio
 from aiohttp import web
 
-from fuse._daemon import Daemon
+from fuse._daemon import Daemon, MountError, check_mountpoint
+from fuse._fs import RafsFilesystem
+from fuse._reader import FileReader
 
-from ._errors import UsageError
-from ._mount import prepare_mount
+from ._mount import PreparedMount, prepare_mount
+from ._multifs import MultiFilesystem, bind_mount, detach
 from ._node import NODE, PeerNode, make_app
 from ._options import DaemonOptions
 
@@ -48,8 +52,6 @@ def bind(listen: tuple[str, int]) -> socket.socket:
 
 async def serve(options: DaemonOptions) -> None:
     """Run until signalled (or until the mount ends), then shut everything down."""
-    if len(options.mounts) > 1:
-        raise UsageError("one --mount per dfdaemon (pyfuse3 allows one FUSE session a process)")
     sock = bind(options.listen)
     app = make_app(options, sock.getsockname()[1])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -70,7 +72,9 @@ async def _until_stopped(node: PeerNode) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if node.options.mounts:
+        if len(node.options.mounts) > 1:
+            await _mounted_together(node, stop)
+        elif node.options.mounts:
             await _mounted(node, stop)
         else:
             await stop.wait()
@@ -96,3 +100,53 @@ async def _mounted(node: PeerNode, stop: asyncio.Event) -> None:
             await stopped
         await prepared.source.flush()
         await prepared.source.close()
+
+
+async def _mounted_together(node: PeerNode, stop: asyncio.Event) -> None:
+    """Every image in one FUSE session, each bound onto its mountpoint; until a signal."""
+    mounts = [await prepare_mount(node, spec, n) for n, spec in enumerate(node.options.mounts)]
+    try:
+        for prepared in mounts:
+            check_mountpoint(prepared.spec.mountpoint)
+        filesystems = [
+            RafsFilesystem(m.config.boot, FileReader(m.config.boot, m.config.source))
+            for m in mounts
+        ]
+        await _serve_together(node, MultiFilesystem(filesystems), mounts, stop)
+    finally:
+        for prepared in mounts:
+            await prepared.source.flush()
+            await prepared.source.close()
+
+
+async def _serve_together(
+    node: PeerNode, fs: MultiFilesystem, mounts: list[PreparedMount], stop: asyncio.Event
+) -> None:
+    root = node.options.data_dir / "fuse-root"
+    root.mkdir(parents=True, exist_ok=True)
+    check_mountpoint(root)
+    pyfuse3.asyncio.enable()
+    options = set(pyfuse3.default_options) | {"ro", "fsname=nydus-mesh", "subtype=dfdaemon"}
+    try:
+        pyfuse3.init(fs, str(root), options | {"allow_other"})
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount {root}: {exc}") from exc
+    session = asyncio.create_task(pyfuse3.main())
+    bound: list[Path] = []
+    try:
+        for n, prepared in enumerate(mounts):  # the kernel asks the running session
+            await asyncio.to_thread(bind_mount, root / str(n), prepared.spec.mountpoint)
+            bound.append(prepared.spec.mountpoint)
+            log.info("mounted %s at %s", prepared.spec.reference, prepared.spec.mountpoint)
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+    finally:
+        for target in reversed(bound):
+            await asyncio.to_thread(detach, target)
+        if not session.done():
+            pyfuse3.terminate()
+        with contextlib.suppress(asyncio.CancelledError):
+            await session
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %d images", len(bound))

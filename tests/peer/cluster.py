@@ -120,7 +120,11 @@ class Peer:
     data_dir: Path
     log: Path
     process: subprocess.Popen[bytes]
-    mountpoint: Path | None = None
+    mountpoints: list[Path] = field(default_factory=list)
+
+    @property
+    def mountpoint(self) -> Path | None:
+        return self.mountpoints[0] if self.mountpoints else None
 
     def metrics(self) -> dict[str, float]:
         """Every sample of the peer's /metrics, by name (labels folded into the name)."""
@@ -166,8 +170,11 @@ class Peer:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         code = stop_process(self.process, sig)
-        if self.mountpoint is not None and os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
+        for path in [*self.mountpoints, self.data_dir / "fuse-root"]:
+            if os.path.ismount(path):
+                subprocess.run(["fusermount3", "-uz", str(path)], check=False, capture_output=True)
+            if os.path.ismount(path):
+                subprocess.run(["umount", "-l", str(path)], check=False)
         return code
 
 
@@ -184,7 +191,12 @@ class Cluster:
         return self.supernode
 
     def start_peer(
-        self, name: str, *args: str, mount: str | None = None, wait: bool = True
+        self,
+        name: str,
+        *args: str,
+        mount: str | None = None,
+        mounts: tuple[str, ...] = (),
+        wait: bool = True,
     ) -> Peer:
         assert self.supernode is not None
         port = free_port()
@@ -194,14 +206,14 @@ class Cluster:
         argv = [str(BIN / "dfdaemon"), "--supernode", self.supernode.url, "--listen",
                 f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--token", TOKEN,
                 "--peer-id", name, "--host-name", f"host-{name}", *args]  # fmt: skip
-        mountpoint = None
-        if mount is not None:
-            mountpoint = self.base / f"mnt-{name}"
-            mountpoint.mkdir(exist_ok=True)
-            argv += ["--mount", f"{mount}:{mountpoint}"]
+        mountpoints = []
+        for n, reference in enumerate((mount,) if mount else mounts):
+            mountpoints.append(self.base / (f"mnt-{name}" + ("" if n == 0 else f"-{n}")))
+            mountpoints[-1].mkdir(exist_ok=True)
+            argv += ["--mount", f"{reference}:{mountpoints[-1]}"]
         with open(log, "ab") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        peer = Peer(name, f"http://127.0.0.1:{port}", data_dir, log, process, mountpoint)
+        peer = Peer(name, f"http://127.0.0.1:{port}", data_dir, log, process, mountpoints)
         self.peers.append(peer)
         if wait:
             self.wait_ready(peer)
@@ -211,7 +223,7 @@ class Cluster:
         def ready() -> bool:
             if peer.process.poll() is not None:
                 raise AssertionError(f"{peer.name} exited: {peer.log_text()}")
-            mounted = peer.mountpoint is None or os.path.ismount(peer.mountpoint)
+            mounted = all(os.path.ismount(path) for path in peer.mountpoints)
             return mounted and peer.registered()
 
         wait_for(f"peer {peer.name} to register (and mount)", ready, timeout)

@@ -5,15 +5,27 @@ own data dir and FUSE mount), seeds, a real registry as the origin, and a malici
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.fixtures.registry import RegistryServer, stop_registry
 
-from .cluster import ADMIN_TOKEN, Cluster, Image, Peer, http_get, wait_for
+from .cluster import (
+    ADMIN_TOKEN,
+    Cluster,
+    Image,
+    Peer,
+    build_and_push,
+    http_get,
+    sample_files,
+    wait_for,
+)
 from .evil import EvilPeer
 
 pytestmark = pytest.mark.timeout(90)
@@ -43,6 +55,8 @@ def test_chunks_only_peer_a_holds_reach_peer_b_with_the_origin_stopped(
     assert b.metric("dfdaemon_origin_bytes_total") == 0
     assert b.metric("dfdaemon_peer_bytes_in_total") > 0
     assert a.metric("dfdaemon_peer_bytes_out_total") == b.metric("dfdaemon_peer_bytes_in_total")
+    assert b.stop(signal.SIGINT) == 0  # one mount: nydusd's Daemon unmounts on the signal
+    assert b.mountpoint is not None and not os.path.ismount(b.mountpoint)
 
 
 def test_peers_read_through_the_seed_and_the_origin_sends_each_chunk_once(
@@ -147,3 +161,20 @@ def test_with_the_supernode_killed_peers_read_from_the_origin_and_register_again
     wait_for("a to register again", a.registered, 15)
     held = a.wait_announced(image.blob_ids)
     assert held > 0
+
+
+def test_one_daemon_mounts_several_images_and_sigterm_unmounts_all_and_leaves(
+    cluster: Cluster, registry: RegistryServer, image: Image, tmp_path: Path
+) -> None:
+    other = build_and_push(registry, tmp_path / "other", sample_files(seed=7), "mesh/other")
+    sn = cluster.start_supernode()
+    a = cluster.start_peer("a", mounts=(image.reference, other.reference))
+    first, second = a.mountpoints
+    assert (first / "random-1").read_bytes() == image.files["random-1"]
+    assert (second / "random-1").read_bytes() == other.files["random-1"]
+    assert sorted(p.name for p in second.iterdir()) == sorted(other.files)
+    assert json.loads(http_get(sn.url + "/healthz"))["peers"] == 1
+    assert a.stop(signal.SIGTERM) == 0
+    assert not any(os.path.ismount(p) for p in [*a.mountpoints, a.data_dir / "fuse-root"])
+    assert json.loads(http_get(sn.url + "/healthz"))["peers"] == 0
+    assert "left the mesh as a" in a.log_text()
