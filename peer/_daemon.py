@@ -91,9 +91,13 @@ async def _mounted(node: PeerNode, stop: asyncio.Event) -> None:
     stopped = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({mount, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not mount.done() and daemon.state == "RUNNING":
-            pyfuse3.terminate()
-        await mount
+        if not mount.done():  # signalled before the mount's own handlers took over
+            if daemon.state == "RUNNING":
+                pyfuse3.terminate()  # main() returns, even if it had not started yet
+            else:
+                mount.cancel()  # not started: it never mounts
+        with contextlib.suppress(asyncio.CancelledError):
+            await mount
     finally:
         stopped.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -178,3 +178,14 @@ def test_one_daemon_mounts_several_images_and_sigterm_unmounts_all_and_leaves(
     assert not any(os.path.ismount(p) for p in [*a.mountpoints, a.data_dir / "fuse-root"])
     assert json.loads(http_get(sn.url + "/healthz"))["peers"] == 0
     assert "left the mesh as a" in a.log_text()
+
+
+def test_an_image_that_is_not_there_is_one_error_line_and_exit_1(
+    cluster: Cluster, registry: RegistryServer
+) -> None:
+    cluster.start_supernode()
+    a = cluster.start_peer("a", mount=registry.ref("mesh/missing", "v1"), wait=False)
+    assert a.process.wait(30) == 1
+    errors = [line for line in a.log_text().splitlines() if line.startswith("dfdaemon: error:")]
+    assert len(errors) == 1 and "mesh/missing" in errors[0]
+    assert "Traceback" not in a.log_text()
