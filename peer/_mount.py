@@ -45,10 +45,14 @@ async def prepare_mount(node: PeerNode, spec: MountSpec, number: int) -> Prepare
     """Fetch the image's bootstrap, add its blobs to the catalog, build the read stack."""
     opts = SourceOptions(cache_dir=node.options.data_dir, insecure=node.options.insecure)
     boot_path, backend = await open_image(spec.reference, opts)
-    if not isinstance(backend, RegistryBackend):
-        raise UsageError(f"--mount {spec.reference}: the image's blobs are not in a registry")
-    digest = await _bootstrap_digest(backend, spec.reference, opts.platform)
-    boot = await asyncio.to_thread(load_bootstrap, boot_path)
+    try:
+        if not isinstance(backend, RegistryBackend):
+            raise UsageError(f"--mount {spec.reference}: the image's blobs are not in a registry")
+        digest = await _bootstrap_digest(backend, spec.reference, opts.platform)
+        boot = await asyncio.to_thread(load_bootstrap, boot_path)
+    except BaseException:
+        await backend.close()
+        raise
     base = backend.client.base_url
     for entry in entries_from_bootstrap(
         boot, lambda blob_id: str(RegistryBlobUrl(base, backend.repo, blob_id, digest))
