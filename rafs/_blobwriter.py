@@ -1,10 +1,12 @@
 """Writing a data blob: files cut into chunks, hashed, compressed, stored once.
 
-A `BlobWriter` is the builder's `ChunkSink`. Chunks go through a thread pool (blake3,
-sha256 and zstandard release the GIL) with a bounded window of chunks in flight, so
-memory does not grow with the image; results are taken back in order, so the blob is the
-same bytes on every run. A chunk whose (digest, size) is known already, from this build or
-from a chunk dictionary, is not stored again: its record is reused with a new file offset.
+A `BlobWriter` is the builder's `ChunkSink`. Chunks go through a thread pool (file reads,
+blake3 and zstandard release the GIL) in batches, so that many small files share one task,
+with a bounded window of batches in flight, so memory does not grow with the image;
+results are taken back in order and appended to the blob (and its sha256) by one file
+thread in that order, so the blob is the same bytes on every run. A chunk whose
+(digest, size) is known already, from this build or from a chunk dictionary, is not
+stored again: its record is reused with a new file offset.
 The blob goes to a temporary file, renamed to its sha256 only by `finish`.
 """
 
@@ -15,11 +17,14 @@ import dataclasses
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar, cast
+
+import zstandard
 
 from ._digest import Compressor, Digester
 from ._errors import BuildError
@@ -28,6 +33,10 @@ from ._model import CHUNK_COMPRESSED, BlobInfo, ChunkInfo
 NEW_BLOB = -1  # blob_index of chunks stored in the blob being written, until it has a place
 
 K = TypeVar("K")
+
+ZSTD_LEVEL = 3  # the level `Compressor.compress` uses by default
+BATCH_BYTES = 1 << 20  # a worker task cuts chunks until it has read this much ...
+BATCH_CHUNKS = 256  # ... or this many chunks: small files share one task
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +47,26 @@ class _Cut:
     compressed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A chunk still to read: `length` bytes at `offset` of the file at `path`."""
+
+    path: Path
+    offset: int
+    length: int
+    size: int  # of the whole file, for the error if it shrank
+
+
 @dataclass(slots=True)
 class _Pending(Generic[K]):
     key: K
     size: int
     chunks: list[ChunkInfo]
     expected: int
+
+
+_Slot = tuple[_Pending[K], int, bytes | _Read | None]  # file, offset, content (None: empty)
+_Batch = tuple[list[_Slot[K]], Future[list[_Cut | None]]]
 
 
 class BlobWriter:
@@ -66,13 +89,17 @@ class BlobWriter:
         self.digester = digester
         self.known: dict[tuple[bytes, int], ChunkInfo] = dict(known or {})
         self.threads = threads or max(2, os.cpu_count() or 2)
-        self.window = self.threads * 3
+        self.window = self.threads * 3  # batches in flight
         self.on_bytes = on_bytes
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="blob-writer")
+        self._compress = _per_thread_compress(compressor)
+        self._local = threading.local()  # each worker's read buffer
         self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by finish/abort
             dir=blob_dir, prefix=".blob-", delete=False
         )
         self._sha256 = hashlib.sha256()
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="blob-file")  # write + sha256
+        self._writes: collections.deque[Future[None]] = collections.deque()
         self.compressed_size = 0
         self.uncompressed_size = 0
         self.chunk_count = 0
@@ -84,56 +111,84 @@ class BlobWriter:
     # --- ChunkSink ---------------------------------------------------------------------
 
     def add_file(self, stream: BinaryIO, size: int) -> tuple[ChunkInfo, ...]:
-        for _, chunks in self.add_files([(None, lambda: stream, size)], close=False):
-            return chunks
-        raise AssertionError("add_files yields once per file")
+        """Read `stream` here (it may not be reopened or seekable); cut it in the pool."""
+        pending: _Pending[None] = _Pending(None, size, [], -(-size // self.chunk_size))
+        if pending.expected == 0:
+            return ()
+        slots = (
+            (pending, offset, _read_exact(stream, min(self.chunk_size, size - offset), size))
+            for offset in range(0, size, self.chunk_size)
+        )
+        ((_, chunks),) = self._pipeline(slots)  # run to its end: it writes as it goes
+        return chunks
 
     # --- many files through one pipeline ------------------------------------------------
 
     def add_files(
-        self,
-        files: Iterable[tuple[K, Callable[[], BinaryIO], int]],
-        *,
-        close: bool = True,
+        self, files: Iterable[tuple[K, Path, int]]
     ) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
-        """Yield (key, chunk records) per file, in the order given."""
-        inflight: collections.deque[tuple[_Pending[K], int, Future[_Cut]]] = collections.deque()
-        for key, opener, size in files:
-            pending = _Pending(key, size, [], -(-size // self.chunk_size))
+        """Yield (key, chunk records) per file (key, path, size), in the order given.
+
+        The files are read in the pool, a chunk at a time, so their reading overlaps.
+        """
+        return self._pipeline(self._slots(files))
+
+    def _slots(self, files: Iterable[tuple[K, Path, int]]) -> Iterator[_Slot[K]]:
+        step = self.chunk_size
+        for key, path, size in files:
+            pending = _Pending(key, size, [], -(-size // step))
             if pending.expected == 0:
-                yield from self._drain(inflight, 0)
-                yield key, ()
-                continue
-            stream = opener()
-            try:
-                for offset in range(0, size, self.chunk_size):
-                    data = _read_exact(stream, min(self.chunk_size, size - offset), size)
-                    inflight.append((pending, offset, self._pool.submit(self._cut, data)))
-                    yield from self._drain(inflight, self.window)
-            finally:
-                if close:
-                    stream.close()
+                yield pending, 0, None
+            for offset in range(0, size, step):
+                yield pending, offset, _Read(path, offset, min(step, size - offset), size)
+
+    def _pipeline(self, slots: Iterable[_Slot[K]]) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
+        inflight: collections.deque[_Batch[K]] = collections.deque()
+        for batch in _batches(slots):
+            inflight.append((batch, self._pool.submit(self._cut_batch, [s[2] for s in batch])))
+            yield from self._drain(inflight, self.window)
         yield from self._drain(inflight, 0)
 
     def _drain(
-        self, inflight: collections.deque[tuple[_Pending[K], int, Future[_Cut]]], keep: int
+        self, inflight: collections.deque[_Batch[K]], keep: int
     ) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
         while len(inflight) > keep:
-            pending, offset, future = inflight.popleft()
-            pending.chunks.append(self._place(future.result(), offset))
-            if len(pending.chunks) == pending.expected:
+            batch, future = inflight.popleft()
+            stored: list[bytes] = []
+            complete: list[_Pending[K]] = []
+            for (pending, offset, _), cut in zip(batch, future.result(), strict=True):
+                if cut is not None:
+                    pending.chunks.append(self._place(cut, offset, stored))
+                if len(pending.chunks) == pending.expected:
+                    complete.append(pending)
+            self._write(stored)  # before yielding: the caller may stop consuming
+            for pending in complete:
                 yield pending.key, tuple(pending.chunks)
 
-    def _cut(self, data: bytes) -> _Cut:
+    def _cut_batch(self, sources: list[bytes | _Read | None]) -> list[_Cut | None]:
+        return [None if s is None else self._cut(self._load(s)) for s in sources]
+
+    def _load(self, source: bytes | _Read) -> bytes | memoryview:
+        """The chunk's bytes. Those read here are a view of this thread's buffer, valid
+        until its next read: `_cut` copies a chunk out only if it stores it raw."""
+        if isinstance(source, bytes):
+            return source
+        buf: bytearray | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(self.chunk_size)
+        return _read_at(source, memoryview(buf)[: source.length])
+
+    def _cut(self, view: bytes | memoryview) -> _Cut:
+        data = cast(bytes, view)  # the hashers and codecs take any buffer
         digest = self.digester.hash(data)
         if (digest, len(data)) in self.known:
             return _Cut(digest, len(data), None, False)
-        packed = self.compressor.compress(data)
+        packed = self._compress(data)
         if len(packed) < len(data):
             return _Cut(digest, len(data), packed, True)
-        return _Cut(digest, len(data), data, False)
+        return _Cut(digest, len(data), bytes(data), False)
 
-    def _place(self, cut: _Cut, file_offset: int) -> ChunkInfo:
+    def _place(self, cut: _Cut, file_offset: int, stored: list[bytes]) -> ChunkInfo:
         if self.on_bytes:
             self.on_bytes(cut.size)
         found = self.known.get((cut.digest, cut.size))
@@ -154,19 +209,33 @@ class BlobWriter:
             file_offset=file_offset,
             index=self.chunk_count,
         )
-        self._file.write(cut.stored)
-        self._sha256.update(cut.stored)
+        stored.append(cut.stored)
         self.compressed_size += len(cut.stored)
         self.uncompressed_size += cut.size
         self.chunk_count += 1
         self.known[(cut.digest, cut.size)] = chunk
         return chunk
 
+    def _write(self, stored: list[bytes]) -> None:
+        """Append to the blob and its sha256 on the file thread, in order, a window ahead."""
+        while self._writes and (self._writes[0].done() or len(self._writes) > self.window):
+            self._writes.popleft().result()  # raises the first write error here
+        if stored:
+            self._writes.append(self._disk.submit(self._append, stored))
+
+    def _append(self, stored: list[bytes]) -> None:
+        for data in stored:
+            self._file.write(data)
+            self._sha256.update(data)
+
     # --- the end -----------------------------------------------------------------------
 
     def finish(self) -> BlobInfo | None:
         """Close the blob and name it by its sha256; None if no new chunk was stored."""
         self._pool.shutdown()
+        self._disk.shutdown()
+        while self._writes:
+            self._writes.popleft().result()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -188,10 +257,64 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop everything written; nothing is left in the blob dir."""
         self._pool.shutdown(cancel_futures=True)
+        self._disk.shutdown(cancel_futures=True)
         self._file.close()
         Path(self._file.name).unlink(missing_ok=True)
         if self._made is not None:
             self._made.unlink(missing_ok=True)
+
+
+def _batches(slots: Iterable[_Slot[K]]) -> Iterator[list[_Slot[K]]]:
+    batch: list[_Slot[K]] = []
+    size = 0
+    for slot in slots:
+        batch.append(slot)
+        source = slot[2]
+        size += 0 if source is None else len(source) if isinstance(source, bytes) else source.length
+        if size >= BATCH_BYTES or len(batch) >= BATCH_CHUNKS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _read_at(source: _Read, view: memoryview) -> memoryview:
+    """Fill `view` from the file at `source.offset`."""
+    try:
+        fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BuildError(f"cannot read {source.path}: {exc.strerror}") from exc
+    try:
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], source.offset + got)
+            if n == 0:
+                raise BuildError(f"file shrank while reading: expected {source.size} bytes")
+            got += n
+    except OSError as exc:
+        raise BuildError(f"cannot read {source.path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    return view
+
+
+def _per_thread_compress(compressor: Compressor) -> Callable[[bytes], bytes]:
+    """`compressor.compress`, with one zstd context per worker thread instead of per chunk.
+
+    A context makes the same frame whether fresh or reused; it may not be shared by threads.
+    """
+    if compressor is not Compressor.ZSTD:
+        return compressor.compress
+    local = threading.local()
+
+    def compress(data: bytes) -> bytes:
+        cctx = getattr(local, "cctx", None)
+        if cctx is None:
+            cctx = local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        out: bytes = cctx.compress(data)
+        return out
+
+    return compress
 
 
 def _read_exact(stream: BinaryIO, length: int, size: int) -> bytes:

@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from . import _v5layout as L
+from ._builder import gc_paused
 from ._errors import BuildError
 from ._source import SourceEntry, new_root
 
@@ -26,8 +27,9 @@ def import_directory(path: Path) -> SourceEntry:
     if not stat.S_ISDIR(st.st_mode):
         raise BuildError(f"source is not a directory: {path}")
     root = new_root()
-    _fill(root, os.fsencode(path), st)
-    _read_dir(root, os.fsencode(path))
+    with gc_paused():
+        _fill(root, os.fsencode(path), st)
+        _read_dir(root, os.fsencode(path))
     return root
 
 
@@ -36,20 +38,23 @@ def _read_dir(parent: SourceEntry, dirpath: bytes) -> None:
         entries = sorted(os.scandir(dirpath), key=lambda e: e.name)
     except OSError as exc:
         raise BuildError(f"cannot list {os.fsdecode(dirpath)}: {exc.strerror}") from exc
+    here = Path(os.fsdecode(dirpath))  # files' paths are made from it: cheaper than parsing
     for entry in entries:
-        child = _entry(entry)
+        child = _entry(entry, here)
         parent.children[child.name] = child
         if child.is_dir:
             _read_dir(child, entry.path)
 
 
-def _entry(entry: os.DirEntry[bytes]) -> SourceEntry:
+def _entry(entry: os.DirEntry[bytes], here: Path) -> SourceEntry:
     try:
         st = entry.stat(follow_symlinks=False)
     except OSError as exc:
         raise BuildError(f"cannot stat {os.fsdecode(entry.path)}: {exc.strerror}") from exc
     node = SourceEntry(name=entry.name, mode=st.st_mode)
     _fill(node, entry.path, st)
+    if node.is_reg:
+        node.path = here / os.fsdecode(entry.name)
     return node
 
 
@@ -60,7 +65,6 @@ def _fill(node: SourceEntry, path: bytes, st: os.stat_result) -> None:
     mode = st.st_mode
     if stat.S_ISREG(mode):
         node.size = st.st_size
-        node.path = Path(os.fsdecode(path))
         if st.st_nlink > 1:
             node.link_key = (st.st_dev, st.st_ino)
     elif stat.S_ISLNK(mode):
