@@ -242,9 +242,7 @@ def _inode(
     node = layout.node(index)
     first, count = layout.children[index] if node.is_dir else (0, 0)
     kids = [done[i] for i in range(first, first + count)]
-    chunks = tuple(
-        dataclasses.replace(c, blob_index=remap[c.blob_index]) for c in node.chunks or ()
-    )
+    chunks = tuple(_placed(c, remap[c.blob_index]) for c in node.chunks or ())
     inode = Inode(
         index=index,
         ino=layout.ino[index],
@@ -264,6 +262,24 @@ def _inode(
     )
     _derive(inode, node, kids, link_count, opts.digester)
     return inode
+
+
+def _placed(c: ChunkInfo, blob_index: int) -> ChunkInfo:
+    """`c` in its final blob; built directly, as dataclasses.replace costs 3x more per chunk."""
+    if c.blob_index == blob_index:
+        return c
+    return ChunkInfo(
+        c.digest,
+        blob_index,
+        c.flags,
+        c.compressed_size,
+        c.uncompressed_size,
+        c.compressed_offset,
+        c.uncompressed_offset,
+        c.file_offset,
+        c.index,
+        c.crc32,
+    )
 
 
 def _derive(
