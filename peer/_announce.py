@@ -25,6 +25,7 @@ from rafs._chunksource import BlobRef, FetchedChunk
 
 from ._catalog import BlobCatalog
 from ._session import SupernodeSession
+from ._supernode import SupernodeClient
 
 log = logging.getLogger("dfdaemon.announce")
 
@@ -122,8 +123,7 @@ class Announcer:
             chunk_count=count,
             ranges=tuple(chunks.ranges()),
         )
-        await self.session.call(lambda client: client.announce(msg))
-        if not self.session.registered:
+        if not await self.session.call(lambda client: _sent(client, msg)):
             return  # failed: the next registration announces everything again
         self.sent += 1
         before = self._announced.get(blob_id, ChunkSet(count))
@@ -135,3 +135,8 @@ class Announcer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _sent(client: SupernodeClient, msg: Announce) -> bool:
+    await client.announce(msg)
+    return True
