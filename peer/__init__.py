@@ -1,6 +1,28 @@
 """The peer daemon (`dfdaemon`): chunk server, supernode session, mesh fetcher, seed mode
-and embedded FUSE mounts. See `_wire` for the chunk protocol on the wire, `_origins` for how
-seeds learn a blob's chunk table, `_mesh` for how chunks are fetched from parents.
+and embedded FUSE mounts.
+
+Design decisions (details in the modules named):
+
+- Chunks on the wire (`_wire`): `GET /api/v1/blobs/{blob_id}/chunks?start=S&end=E` asks
+  for a run of at most 1024 consecutive chunk indices; the answer streams `protocol` chunk
+  frames (48-byte header: magic, version, LAST flag, codec, blob id, chunk index, length;
+  then the chunk exactly as stored in the blob), one per chunk held, the last flagged. A
+  chunk is named by blob id and index only. The receiver verifies every chunk.
+- Serving by index (`rafs._cache`): the cache keeps a `<blob>.chunk_index` sidecar of
+  56-byte records (offset, sizes, flags, compressor, digest), synced before a chunk's bit is
+  set; the server serves a chunk only while its bit is set and its record unchanged.
+- Chunk tables for seeds (`_origins`): a blob's origin URL carries the digest of its
+  image's bootstrap layer, `.../blobs/sha256:B#nydus-bootstrap=sha256:D`; a seed fetches
+  that layer (checked against D by the registry client) and so can verify every chunk it
+  fetches. The supernode passes origin URLs through untouched: no message changed.
+- Fetching (`_mesh`): cache -> mesh -> origin; parents in parallel, pipelined batches,
+  per-round reports, failing/slow parents dropped, liars distrusted for the blob for good.
+- Transports (`_parentclient.ChunkTransport`) and origins are classes a fetcher is given:
+  libp2p, a registry mirror and dfget plug in beside the HTTP ones.
+
+Data dir: `cache/` (the verified chunk cache), `blobs/` (chunk counts known, to re-announce
+after a restart), `bootstraps/` and `seed-bootstraps/`, `peer_id`, `mounts/N.sock` (the
+nydusd API of a single mount), `fuse-root/` (the shared session of several mounts).
 
 Rule: `peer` imports `protocol`, `rafs` and `fuse`, and none of them imports `peer`.
 """
