@@ -147,19 +147,40 @@ def _pick_platform(index: dict[str, Any]) -> str:
     return str(manifests[0]["digest"])
 
 
+NYDUS_BLOB_TYPE = "application/vnd.oci.image.layer.nydus.blob.v1"
+NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
+
+
 def _layers(image: ImageRef, manifest: Any) -> list[PreheatBlob]:
+    """One preheat blob per layer. In a Nydus image the data blobs name the bootstrap layer
+    in their origin (`#nydus-bootstrap=DIGEST`) so a seed can verify every chunk, and the
+    bootstrap layer itself is left to the peers that mount the image."""
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
     if not isinstance(layers, list) or not layers:
         raise ResolveError(f"{image.repository}:{image.reference}: manifest has no layers")
+    bootstrap = _nydus_bootstrap(layers)
     blobs = []
     for layer in layers:
         digest = layer.get("digest", "") if isinstance(layer, dict) else ""
         match = _DIGEST.match(digest)
         if match is None:
             raise ResolveError(f"layer digest {digest!r} is not sha256:<64 hex>")
+        if bootstrap is not None and digest == bootstrap:
+            continue
         url = f"{image.base}/blobs/{digest}"
+        if bootstrap is not None and layer.get("mediaType") == NYDUS_BLOB_TYPE:
+            url += f"#nydus-bootstrap={bootstrap}"
         blobs.append(PreheatBlob(blob_id=match[1], origin_url=url))
     return blobs
+
+
+def _nydus_bootstrap(layers: list[Any]) -> str | None:
+    for layer in reversed(layers):
+        annotations = layer.get("annotations") if isinstance(layer, dict) else None
+        if isinstance(annotations, dict) and annotations.get(NYDUS_BOOTSTRAP_ANNOTATION) == "true":
+            digest = layer.get("digest")
+            return digest if isinstance(digest, str) and _DIGEST.match(digest) else None
+    return None
 
 
 async def resolve_image(session: aiohttp.ClientSession, text: str) -> list[PreheatBlob]:

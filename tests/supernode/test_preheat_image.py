@@ -173,3 +173,27 @@ def test_references_parse() -> None:
     assert parse_reference("localhost:5000/app").reference == "latest"
     assert parse_reference("https://[::1]:5000/app:2").scheme == "https"
     assert parse_reference("[::1]:5000/app:2").scheme == "http"
+
+
+def test_nydus_image_layers_name_their_bootstrap_for_seeds() -> None:
+    from supernode._resolve import _layers, parse_reference
+
+    blob, boot = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    manifest = {
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.nydus.blob.v1",
+                "digest": blob,
+                "annotations": {"containerd.io/snapshot/nydus-blob": "true"},
+            },
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": boot,
+                "annotations": {"containerd.io/snapshot/nydus-bootstrap": "true"},
+            },
+        ]
+    }
+    image = parse_reference("127.0.0.1:5000/app:nydus")
+    (only,) = _layers(image, manifest)
+    assert only.blob_id == "a" * 64
+    assert only.origin_url.endswith(f"/v2/app/blobs/{blob}#nydus-bootstrap={boot}")
