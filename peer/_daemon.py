@@ -26,6 +26,8 @@ from fuse._daemon import Daemon, MountError, check_mountpoint
 from fuse._fs import RafsFilesystem
 from fuse._reader import FileReader
 
+from ._download import DOWNLOADER
+from ._mirror import start_mirror
 from ._mount import PreparedMount, prepare_mount
 from ._multifs import MultiFilesystem, bind_mount, detach
 from ._node import NODE, PeerNode, make_app
@@ -59,11 +61,25 @@ async def serve(options: DaemonOptions) -> None:
     try:
         await web.SockSite(runner, sock).start()
         node = app[NODE]
+        mirror = await _start_mirror(app)
         print(f"dfdaemon {node.registration.peer_id} serving chunks on {node.url}", flush=True)
-        await _until_stopped(node)
+        try:
+            await _until_stopped(node)
+        finally:
+            if mirror is not None:
+                await mirror.cleanup()
     finally:
         await runner.cleanup()
         sock.close()
+
+
+async def _start_mirror(app: web.Application) -> web.AppRunner | None:
+    """The registry mirror's runner, when `--mirror` asks for one."""
+    options = app[NODE].options
+    if options.mirror is None:
+        return None
+    downloader = app[DOWNLOADER]
+    return await start_mirror(downloader, options.mirror, options.mirror_upstream, options.insecure)
 
 
 async def _until_stopped(node: PeerNode) -> None:

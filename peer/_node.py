@@ -22,6 +22,7 @@ from protocol import Register
 from ._announce import Announcer, AnnouncingCache
 from ._catalog import BlobCatalog
 from ._chunkserver import CACHE, METRICS, UPLOADS, UploadSlots, add_chunk_routes
+from ._download import Downloader, add_download_routes
 from ._mesh import Mesh
 from ._metrics import PeerMetrics
 from ._options import DaemonOptions, advertised_ip, host_name, peer_id
@@ -130,6 +131,7 @@ def make_app(options: DaemonOptions, port: int) -> web.Application:
     app[CACHE], app[METRICS], app[UPLOADS] = node.cache, node.metrics, node.uploads
     add_chunk_routes(app)
     app.cleanup_ctx.append(_run_node)
+    add_download_routes(app, Downloader(node.cache, node.catalog, node.mesh))
     return app
 
 

@@ -51,6 +51,8 @@ class DaemonOptions:
     cache_dir: Path | None = None
     cache_size: int | None = None
     insecure: bool = False
+    mirror: tuple[str, int] | None = None  # registry mirror HOST:PORT
+    mirror_upstream: str | None = None  # its upstream when a request names none (ns=)
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     @property

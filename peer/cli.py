@@ -2,6 +2,7 @@
 
     dfdaemon --supernode URL --listen ADDR --data-dir DIR [--token T] [--seed]
              [--upload-limit RATE] [--mount REF:MOUNTPOINT]
+             [--mirror HOST:PORT [--mirror-upstream URL]]
 
 Registers with the supernode, serves the chunks its cache holds to other peers, and (with
 `--mount`) mounts a Nydus image whose missing chunks come from peers before the registry.
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="chunk cache (default: DATA_DIR/cache)")
     p.add_argument("--cache-size", type=_size, help="cache size limit, e.g. 10G")
     p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
+    p.add_argument("--mirror", metavar="HOST:PORT", help="serve a pull-through registry mirror")
+    p.add_argument("--mirror-upstream", metavar="URL",
+                   help="the mirror's registry for requests without ns=")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -84,6 +88,8 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         cache_dir=args.cache_dir,
         cache_size=args.cache_size,
         insecure=args.insecure,
+        mirror=parse_listen(args.mirror) if args.mirror else None,
+        mirror_upstream=args.mirror_upstream,
     )
 
 
