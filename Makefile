@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: demo test system venv lint typecheck pytest clean
+.PHONY: demo cluster test system venv lint typecheck pytest clean
 
 system:
 	bash scripts/install-system.sh
@@ -33,6 +33,10 @@ test: lint typecheck pytest
 
 demo: venv
 	$(BIN)/python scripts/demo.py
+
+# the docker-compose topology as processes on loopback, until Ctrl-C (CLUSTER_ARGS=--postgres)
+cluster: venv
+	$(BIN)/python scripts/cluster.py $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,10 +1,14 @@
 """`make demo`: the main job on this machine, end to end, with embedded defaults.
 
-Today that is the image half: a real directory tree becomes a Nydus RAFS v5 image
-(bootstrap + zstd blob), every digest and chunk is checked, the image is unpacked and
-compared with the source entry by entry, then mounted lazily with `nydusd`: a few files
-are read and only their chunks leave the blob. Later stages (registry, peer mesh) extend
-this script.
+A real directory tree (a snapshot of it, so packages installed meanwhile do not matter)
+becomes a Nydus RAFS v5 image: built, every digest and chunk checked, unpacked and compared
+with the source, mounted lazily with `nydusd`. Then the whole story: the tree becomes an OCI
+image (umoci), is pushed to a Distribution registry on loopback (skopeo) and converted to a
+Nydus image there (`nydusify convert`); a supernode, a seed and three peers (`dfdaemon`)
+start, peer1 mounts the image and reads a fixed set of files, the registry is stopped, and
+peer2 and peer3 read the same files from the mesh. A table shows, per peer, bytes from the
+origin against bytes from peers and the time to first byte. Everything started is stopped
+(and unmounted) at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -15,19 +19,25 @@ import json
 import os
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cluster import PEER_PORTS, PORTS, LocalCluster, Service, detach_below, http_get
 from rich.console import Console
 from rich.table import Table
 
 DEFAULT_TREE = Path("/usr/share/doc")
 WORK = Path(__file__).resolve().parents[1] / "demo-work"
 BIN = Path(sys.executable).parent
-console = Console()
+NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+REPO = "demo/tree"
+console = Console(width=None if sys.stdout.isatty() else 110)  # a log keeps the table whole
 
 
 def main() -> int:
@@ -38,21 +48,58 @@ def main() -> int:
     if not tree.is_dir():
         console.print(f"[red]demo: source tree {tree} is not a directory[/red]")
         return 1
-    shutil.rmtree(WORK, ignore_errors=True)
+    missing = [t for t in ("umoci", "skopeo", "fusermount3") if shutil.which(t) is None]
+    if missing:
+        console.print(f"[red]demo: missing {', '.join(missing)} (make system installs them)[/red]")
+        return 1
+    if WORK.exists():
+        detach_below(WORK)
+        shutil.rmtree(WORK)
     WORK.mkdir()
     rows: list[tuple[str, str]] = [("source tree", str(tree))]
-    summary = build(tree, rows)
-    mismatches = check_and_compare(tree, rows)
-    lazy_mount(tree, summary, rows)
+    snapshot = take_snapshot(tree, rows)
+    summary = build(snapshot, rows)
+    mismatches = check_and_compare(snapshot, rows)
+    lazy_mount(snapshot, summary, rows)
+    image_table(rows)
+    for line in mismatches[:10]:
+        console.print(f"[red]differs: {line}[/red]")
+    if mismatches:
+        return 1
+    return mesh_story(snapshot)
+
+
+def image_table(rows: list[tuple[str, str]]) -> None:
     table = Table(title="nydus-mesh demo: directory -> RAFS v5 image -> check -> unpack -> mount")
     table.add_column("step")
     table.add_column("result")
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
-    for line in mismatches[:10]:
-        console.print(f"[red]differs: {line}[/red]")
-    return 1 if mismatches else 0
+
+
+def run(*args: object) -> str:
+    """Run a tool; its failure is one line naming the command and its stderr."""
+    done = subprocess.run(list(map(str, args)), capture_output=True, text=True)
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise DemoError(f"{Path(str(args[0])).name} {args[1]} failed: {detail[0]}")
+    return done.stdout
+
+
+class DemoError(Exception):
+    """A step that failed; the message names the tool and what it said."""
+
+
+def take_snapshot(tree: Path, rows: list[tuple[str, str]]) -> Path:
+    """Copy the tree into an empty umoci bundle: the image's source, fixed from now on."""
+    layout, bundle = WORK / "oci", WORK / "bundle"
+    run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", f"{layout}:demo")
+    run("umoci", "unpack", "--image", f"{layout}:demo", bundle)
+    run("cp", "-a", f"{tree}/.", bundle / "rootfs")
+    rows.append(("snapshot", "copied into an umoci bundle (the source for every comparison)"))
+    return bundle / "rootfs"
 
 
 def nydus_image(*args: object) -> None:
@@ -192,6 +239,203 @@ def differences(path: Path, m: tarfile.TarInfo, tar: tarfile.TarFile) -> list[st
     if m.issym() and os.readlink(path) != m.linkname:
         found.append("symlink target")
     return found
+
+
+# --- the mesh: registry, supernode, seed, three peers ----------------------------------
+
+
+@dataclass
+class Reads:
+    """What one peer's reads through its mount found."""
+
+    files: int = 0
+    equal: int = 0
+    nbytes: int = 0
+    first_bytes: list[float] = field(default_factory=list)  # seconds, per file
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def mesh_story(snapshot: Path) -> int:
+    if not os.path.exists("/dev/fuse"):
+        console.print("[yellow]demo: /dev/fuse is missing: the mesh half is skipped[/yellow]")
+        return 0
+    files = pick_files(snapshot)
+    with LocalCluster(WORK / "mesh", token="demo-token") as cluster:
+        try:
+            steps, reads, metrics = run_mesh(cluster, snapshot, files)
+        except DemoError as exc:
+            console.print(f"[red]demo: {exc}[/red]")
+            return 1
+    console.print(steps_table(steps))
+    console.print(mesh_table(reads, metrics))
+    total = sum(r.files for r in reads.values())
+    equal = sum(r.equal for r in reads.values())
+    print_summary(reads, metrics, files)
+    for name, r in reads.items():
+        for error in r.errors[:5]:
+            console.print(f"[red]{name}: {error}[/red]")
+    return 0 if equal == total else 1
+
+
+def run_mesh(
+    cluster: LocalCluster, snapshot: Path, files: list[str]
+) -> tuple[list[tuple[str, str]], dict[str, Reads], dict[str, dict[str, float]]]:
+    steps: list[tuple[str, str]] = []
+    registry = cluster.start_registry()
+    reference = publish(registry, steps)
+    start = time.monotonic()
+    supernode = cluster.start_supernode()
+    seed = cluster.start_peer("seed", supernode, port=PORTS["seed"], seed=True, wait=False)
+    peers = [
+        cluster.start_peer(f"peer{n + 1}", supernode, port=port, mounts=(reference,), wait=False)
+        for n, port in enumerate(PEER_PORTS)
+    ]
+    for peer in (seed, *peers):
+        cluster.wait_peer(peer)
+    steps.append(("supernode, seed, 3 peers up and mounted", f"{time.monotonic() - start:.1f} s"))
+    reads = {"peer1": read_through(peers[0], snapshot, files)}
+    blobs = nydus_blobs(registry, reference)
+    steps.append(("Nydus blobs in the registry", human(sum(blobs.values()))))
+    wait_announced(peers[0], list(blobs))
+    cluster.stop(registry)
+    steps.append(("registry", f"stopped after peer1 read {len(files)} files"))
+    for peer in peers[1:]:
+        reads[peer.name] = read_through(peer, snapshot, files)
+    metrics = {p.name: p.metrics() for p in (seed, *peers)}
+    return steps, reads, metrics
+
+
+def publish(registry: Service, steps: list[tuple[str, str]]) -> str:
+    """umoci repack -> skopeo copy -> nydusify convert; returns the Nydus image reference."""
+    layout, start = WORK / "oci", time.monotonic()
+    run("umoci", "repack", "--image", f"{layout}:demo", WORK / "bundle")
+    run("umoci", "config", "--image", f"{layout}:demo", "--os", "linux", "--architecture", "amd64")
+    layer = max((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    steps.append(("OCI image (umoci repack)", f"one gzip layer, {human(layer.stat().st_size)}"))
+    source, target = f"{registry.host}/{REPO}:oci", f"{registry.host}/{REPO}:nydus"
+    run("skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false",
+        f"oci:{layout}:demo", f"docker://{source}")  # fmt: skip
+    steps.append((f"pushed to {registry.host} (skopeo)", source))
+    report = WORK / "convert.json"
+    run(BIN / "nydusify", "convert", "--source", source, "--target", target, "--source-insecure",
+        "--target-insecure", "--work-dir", WORK / "nydusify", "--output-json", report)  # fmt: skip
+    converted = json.loads(report.read_text())
+    blob = f"{converted['blobs']} blob(s), {human(converted['bytes_pushed'])} pushed"
+    steps.append(("converted (nydusify convert)", f"{target}: {blob}"))
+    steps.append(("image published in", f"{time.monotonic() - start:.1f} s"))
+    return target
+
+
+def pick_files(root: Path, spread: int = 24, largest: int = 6) -> list[str]:
+    """A fixed set: the largest files and others spread evenly over the sorted tree."""
+    found = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+    )
+    by_size = sorted(found, key=lambda name: (root / name).stat().st_size, reverse=True)
+    evenly = found[:: max(1, len(found) // spread)][:spread]
+    return list(dict.fromkeys([*by_size[:largest], *evenly]))
+
+
+def read_through(peer: Service, snapshot: Path, files: list[str]) -> Reads:
+    """Read each file through the peer's mount: time to its first byte, then all of it."""
+    mountpoint, reads, start = peer.mountpoints[0], Reads(), time.monotonic()
+    for name in files:
+        reads.files += 1
+        try:
+            opened = time.monotonic()
+            with open(mountpoint / name, "rb") as f:
+                data = f.read(1)
+                reads.first_bytes.append(time.monotonic() - opened)
+                data += f.read()
+        except OSError as exc:
+            reads.errors.append(f"{name}: {exc}")
+            continue
+        reads.nbytes += len(data)
+        if data == (snapshot / name).read_bytes():
+            reads.equal += 1
+        else:
+            reads.errors.append(f"{name}: differs from the source")
+    reads.seconds = time.monotonic() - start
+    return reads
+
+
+def nydus_blobs(registry: Service, reference: str) -> dict[str, int]:
+    """The blobs of the Nydus image (id: compressed size), from its manifest."""
+    tag = reference.rpartition(":")[2]
+    url = f"{registry.address}/v2/{REPO}/manifests/{tag}"
+    layers = json.loads(http_get(url, headers={"Accept": OCI_MANIFEST}))["layers"]
+    return {
+        layer["digest"].removeprefix("sha256:"): int(layer["size"])
+        for layer in layers
+        if layer["mediaType"] == NYDUS_BLOB
+    }
+
+
+def wait_announced(peer: Service, blob_ids: list[str], timeout: float = 20.0) -> None:
+    """Until the supernode has heard of every chunk the peer holds (so others can ask it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = sum(
+            int.from_bytes(
+                http_get(f"{peer.address}/api/v1/blobs/{blob}/bitmap"), "little"
+            ).bit_count()
+            for blob in blob_ids
+        )
+        if held and peer.metrics().get("dfdaemon_announced_chunks", 0) >= held:
+            return
+        time.sleep(0.1)
+    raise DemoError(f"{peer.name} did not announce its chunks in {timeout:.0f} s")
+
+
+def steps_table(steps: list[tuple[str, str]]) -> Table:
+    table = Table(title="the image in a registry, the mesh started")
+    table.add_column("step")
+    table.add_column("result", overflow="fold")
+    for key, value in steps:
+        table.add_row(key, value)
+    return table
+
+
+def mesh_table(reads: dict[str, Reads], metrics: dict[str, dict[str, float]]) -> Table:
+    """One row per dfdaemon, from its /metrics (compressed chunk bytes) and its reads."""
+    table = Table(title="per peer: chunk bytes from the origin and from peers (/metrics)")
+    for column in ("peer", "registry", "from origin", "from peers", "to peers", "first byte",
+                   "read", "in", "equal"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("peer", "registry") else "right")
+    for name, m in metrics.items():
+        r = reads.get(name)
+        table.add_row(
+            name,
+            "up" if name in ("seed", "peer1") else "stopped",
+            human(int(m.get("dfdaemon_origin_bytes_total", 0))),
+            human(int(m.get("dfdaemon_peer_bytes_in_total", 0))),
+            human(int(m.get("dfdaemon_peer_bytes_out_total", 0))),
+            f"{r.first_bytes[0] * 1000:.0f} ms" if r and r.first_bytes else "-",
+            human(r.nbytes) if r else "-",
+            f"{r.seconds:.2f} s" if r else "-",
+            f"{r.equal}/{r.files}" if r else "-",
+        )
+    return table
+
+
+def print_summary(
+    reads: dict[str, Reads],
+    metrics: dict[str, dict[str, float]],
+    files: list[str],
+) -> None:
+    origin = sum(m.get("dfdaemon_origin_bytes_total", 0) for m in metrics.values())
+    to_seed = metrics["seed"].get("dfdaemon_origin_bytes_total", 0)
+    meshed = sum(m.get("dfdaemon_peer_bytes_in_total", 0) for m in metrics.values())
+    read = sum(r.nbytes for r in reads.values())
+    waits = [t for r in reads.values() for t in r.first_bytes] or [0.0]
+    console.print(
+        f"{len(reads)} peers read the same {len(files)} files ({human(read)} in all) through "
+        f"their mounts. The origin sent {human(int(origin))}, {human(int(to_seed))} of it to "
+        f"the seed (which reads ahead); peers sent each other {human(int(meshed))}. "
+        f"peer2 and peer3 read with the registry stopped. First byte of a file: median "
+        f"{statistics.median(waits) * 1000:.1f} ms, slowest {max(waits) * 1000:.0f} ms."
+    )
 
 
 def human(n: int) -> str:

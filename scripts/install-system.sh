@@ -10,6 +10,7 @@ packages=(
   docker-registry skopeo umoci    # a real Distribution registry and OCI tools
   postgresql                      # the supernode's larger database
   squashfs-tools                  # mksquashfs, a benchmark peer
+  docker-compose                  # validates docker-compose.yml (no engine needed)
 )
 
 missing=()
