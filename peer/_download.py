@@ -38,7 +38,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -139,32 +139,45 @@ class Downloader:
             await self._session.close()
             self._session = None
 
-    async def fetch(self, url: str, digest: str | None) -> Download:
-        """Every piece verified in the cache, and the whole file checked."""
+    async def fetch(
+        self, url: str, digest: str | None, headers: Mapping[str, str] | None = None
+    ) -> Download:
+        """Every piece verified in the cache, and the whole file checked. `headers` go
+        with origin requests (e.g. a registry's Authorization)."""
         blob_id = file_blob_id(url, digest)
+        origin = OriginFile(self.http(), url, dict(headers or {}))
         async with self._locks.setdefault(blob_id, asyncio.Lock()):
             table = await asyncio.to_thread(read_table, self.cache, table_blob_id(blob_id))
-            if table is not None and table.content_digest == (digest or table.content_digest):
-                await self._from_mesh(blob_id, table, url, None)
+            if table is not None and await self._complete(blob_id, table):
+                pass  # published after its whole-file check, every piece still here
+            elif table is not None and table.content_digest == (digest or table.content_digest):
+                await self._from_mesh(blob_id, table, origin, None)
             elif (found := await self._mesh_table(blob_id, digest)) is not None:
                 self.metrics.mesh_tables.inc()
                 table = found[1]
-                await self._from_mesh(blob_id, table, url, found[0])
+                await self._from_mesh(blob_id, table, origin, found[0])
             else:
-                table = await self._from_origin(blob_id, url, digest)
+                table = await self._from_origin(blob_id, origin, digest)
         self.metrics.files.inc()
         return Download(blob_id, table)
 
-    async def read(self, download: Download, offset: int = 0) -> AsyncIterator[bytes]:
-        """The file's bytes from `offset`, piece by piece from the cache."""
+    async def _complete(self, blob_id: str, table: PieceTable) -> bool:
+        missing = await asyncio.to_thread(self.cache.missing, blob_id, table.infos())
+        return not missing
+
+    async def read(
+        self, download: Download, offset: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The file's bytes `[offset, end)`, piece by piece from the cache."""
+        end = download.table.size if end is None else end
         for info in download.table.infos():
-            end = info.compressed_offset + info.compressed_size
-            if end <= offset:
+            start = info.compressed_offset
+            if start + info.compressed_size <= offset or start >= end:
                 continue
             raw = await asyncio.to_thread(self.cache.read_stored, download.blob_id, info)
             if raw is None:
                 raise DownloadError(f"blob {download.blob_id}: piece {info.index} was evicted")
-            block = raw[max(0, offset - info.compressed_offset) :]
+            block = raw[max(0, offset - start) : end - start]
             self.metrics.bytes_out.inc(len(block))
             yield block
 
@@ -212,14 +225,13 @@ class Downloader:
     # --- pieces: through the mesh ---------------------------------------------------------
 
     async def _from_mesh(
-        self, blob_id: str, table: PieceTable, url: str, parent_id: str | None
+        self, blob_id: str, table: PieceTable, origin: OriginFile, parent_id: str | None
     ) -> None:
         """Fill the cache with every piece (checked against the table), then check the
         whole; a wrong whole discards the pieces and distrusts the table's parent."""
         ref = piece_ref(blob_id, table.size)
         infos = table.infos()
         self.catalog.add(BlobEntry(ref, table.count, None, dict(enumerate(infos))))
-        origin = OriginPieces(self.http(), url)
         source = CachedSource(self.cache, MeshSource(self.mesh, self.catalog, origin))
         whole = hashlib.sha256()
         try:
@@ -229,14 +241,14 @@ class Downloader:
                 await asyncio.to_thread(_hash_all, whole, chunks)
             await source.flush()
         except RafsError as exc:
-            raise DownloadError(f"{url}: a piece does not match its table: {exc}") from exc
+            raise DownloadError(f"{origin.url}: a piece does not match its table: {exc}") from exc
         finally:
             await source.close()
         if f"sha256:{whole.hexdigest()}" != table.content_digest:
             await asyncio.to_thread(_discard, self.cache, blob_id, infos)
             if parent_id is not None:
                 self.mesh.distrusted(table_blob_id(blob_id)).add(parent_id)
-            raise ContentDigestMismatch(f"{url}: pieces hash to sha256:{whole.hexdigest()}, "
+            raise ContentDigestMismatch(f"{origin.url}: pieces hash to sha256:{whole.hexdigest()}, "
                                         f"the table says {table.content_digest}")  # fmt: skip
         await self._publish(blob_id, table)
 
@@ -252,12 +264,14 @@ class Downloader:
 
     # --- pieces: from the origin ----------------------------------------------------------
 
-    async def _from_origin(self, blob_id: str, url: str, digest: str | None) -> PieceTable:
+    async def _from_origin(
+        self, blob_id: str, origin: OriginFile, digest: str | None
+    ) -> PieceTable:
         ref = piece_ref(blob_id)
         whole = hashlib.sha256()
         digests: list[bytes] = []
         size = 0
-        async for piece in _pieces_of(origin_stream(self.http(), url)):
+        async for piece in _pieces_of(origin.stream()):
             chunk = await asyncio.to_thread(_keep, self.cache, ref, whole, len(digests), size,
                                             piece)  # fmt: skip
             digests.append(chunk.info.digest)
@@ -268,7 +282,9 @@ class Downloader:
         table = PieceTable(size, PIECE_SIZE, tuple(digests), content)
         if digest is not None and content != digest:
             await asyncio.to_thread(_discard, self.cache, blob_id, table.infos())
-            raise ContentDigestMismatch(f"{url}: the origin sent {content}, expected {digest}")
+            raise ContentDigestMismatch(
+                f"{origin.url}: the origin sent {content}, expected {digest}"
+            )
         self.metrics.origin_files.inc()
         await self._publish(blob_id, table)
         return table
@@ -323,26 +339,44 @@ async def _pieces_of(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 # --- the origin over HTTP: translated to DownloadError here only --------------------------
 
 
-async def origin_stream(http: aiohttp.ClientSession, url: str) -> AsyncIterator[bytes]:
-    """The whole file from the origin, in blocks."""
-    with _translated(url):
-        async with http.get(url) as response:
-            _check_origin(url, response.status)
-            async for block in response.content.iter_chunked(1 << 20):
-                yield block
+class OriginFile:
+    """One file at the origin over HTTP; also the `ChunkSource` of its pieces by Range,
+    each checked against its sha256 (the mesh's fallback)."""
 
+    def __init__(self, http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
+        self.http = http
+        self.url = url
+        self.headers = headers
 
-async def origin_range(http: aiohttp.ClientSession, url: str, offset: int, length: int) -> bytes:
-    """Bytes `[offset, offset+length)` of the file (a server ignoring Range costs a full read)."""
-    headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-    with _translated(url):
-        async with http.get(url, headers=headers) as response:
-            _check_origin(url, response.status)
-            body = await response.read()
-    data = body if response.status == 206 else body[offset : offset + length]
-    if len(data) != length:
-        raise DownloadError(f"{url}: {len(data)} bytes at {offset}, expected {length}")
-    return data
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The whole file, in blocks."""
+        with _translated(self.url):
+            async with self.http.get(self.url, headers=self.headers) as response:
+                _check_origin(self.url, response.status)
+                async for block in response.content.iter_chunked(1 << 20):
+                    yield block
+
+    async def range(self, offset: int, length: int) -> bytes:
+        """Bytes `[offset, offset+length)` (a server ignoring Range costs a full read)."""
+        headers = {**self.headers, "Range": f"bytes={offset}-{offset + length - 1}"}
+        with _translated(self.url):
+            async with self.http.get(self.url, headers=headers) as response:
+                _check_origin(self.url, response.status)
+                body = await response.read()
+        data = body if response.status == 206 else body[offset : offset + length]
+        if len(data) != length:
+            raise DownloadError(f"{self.url}: {len(data)} bytes at {offset}, expected {length}")
+        return data
+
+    async def get(self, blob: BlobRef, chunks: Sequence[ChunkInfo]) -> list[FetchedChunk]:
+        fetched = []
+        for info in chunks:  # pieces are large: one request each
+            data = await self.range(info.compressed_offset, info.compressed_size)
+            fetched.append(await asyncio.to_thread(verify_chunk, blob, info, data))
+        return fetched
+
+    async def close(self) -> None:
+        """The HTTP session is the downloader's."""
 
 
 def _check_origin(url: str, status: int) -> None:
@@ -362,25 +396,6 @@ def _translated(url: str) -> Iterator[None]:
         raise OriginUnreachable(f"{url}: {exc}") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc
-
-
-class OriginPieces:
-    """A `ChunkSource` of pieces from the origin by Range, each checked against its sha256."""
-
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http = http
-        self.url = url
-
-    async def get(self, blob: BlobRef, chunks: Sequence[ChunkInfo]) -> list[FetchedChunk]:
-        fetched = []
-        for info in chunks:  # pieces are large: one request each
-            data = await origin_range(self.http, self.url, info.compressed_offset,
-                                      info.compressed_size)  # fmt: skip
-            fetched.append(await asyncio.to_thread(verify_chunk, blob, info, data))
-        return fetched
-
-    async def close(self) -> None:
-        """The HTTP session is the downloader's."""
 
 
 # --- the endpoint -----------------------------------------------------------------------
@@ -415,27 +430,32 @@ async def download_file(request: web.Request) -> web.StreamResponse:
         return _error(400, "bad_request", str(exc))
     except DownloadError as exc:
         return _error(exc.status, exc.code, str(exc))
-    return await stream_file(request, request.app[DOWNLOADER], download, int(offset))
+    return await stream_file(request, request.app[DOWNLOADER], download, (int(offset), None))
 
 
 async def stream_file(
     request: web.Request,
     downloader: Downloader,
     download: Download,
-    offset: int,
+    span: tuple[int, int | None] = (0, None),
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Answer with the file from `offset` (the whole is verified already)."""
+    """Answer with bytes `[offset, end)` of the file (the whole is verified already):
+    `200` for the rest of the file from `offset`, `206` when `end` is given."""
     table = download.table
-    if offset > table.size:
-        return _error(416, "bad_offset", f"offset {offset} past the size {table.size}")
+    offset, end = span
+    if offset > table.size or (end is not None and not offset < end <= table.size):
+        return _error(416, "bad_range", f"range {offset}-{end} of a file of {table.size}")
     response = web.StreamResponse(headers={
         "X-Dfget-Size": str(table.size), "X-Dfget-Digest": table.content_digest,
         "Content-Type": "application/octet-stream", **(headers or {})})  # fmt: skip
-    response.content_length = table.size - offset
+    if end is not None:
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {offset}-{end - 1}/{table.size}"
+    response.content_length = (end if end is not None else table.size) - offset
     await response.prepare(request)
     if request.method != "HEAD":
-        async for block in downloader.read(download, offset):
+        async for block in downloader.read(download, offset, end):
             await response.write(block)
     await response.write_eof()
     return response

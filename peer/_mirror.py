@@ -8,6 +8,8 @@ whose blobs come through the mesh.
     GET      /v2/NAME/blobs/sha256:D           the blob through the mesh (`_download`)
     HEAD     /v2/NAME/blobs/sha256:D           from the piece table held, else upstream
 
+Blob GETs honour `Range: bytes=N-[M]` (206), so a client can resume a broken transfer.
+
 The upstream is the registry named by the request's `ns=` query parameter (what containerd
 sends; plain HTTP for a loopback host or with `--insecure`, else HTTPS), else
 `--mirror-upstream`. A blob is keyed by its digest, so the same layer pulled through any
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -43,6 +46,7 @@ from ._download import (
 from ._pieces import file_blob_id, parse_digest, table_blob_id
 
 log = logging.getLogger("dfdaemon.mirror")
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 _PASSED_BACK = ("Content-Type", "Docker-Content-Digest", "Docker-Distribution-API-Version",
                 "WWW-Authenticate", "Content-Length", "Location")  # fmt: skip
@@ -156,15 +160,35 @@ async def blob(request: web.Request) -> web.StreamResponse:
     url = f"{mirror.upstream_for(request)}/v2/{request.match_info['name']}/blobs/{digest}"
     if request.method == "HEAD":
         return await _blob_head(request, mirror, url, digest)
+    auth = (
+        {"Authorization": request.headers["Authorization"]}
+        if "Authorization" in request.headers
+        else {}
+    )
     try:
-        download = await mirror.downloader.fetch(url, digest)
+        download = await mirror.downloader.fetch(url, digest, auth)
     except NotFoundAtOrigin as exc:
         return registry_error(404, "BLOB_UNKNOWN", str(exc))
     except DownloadError as exc:
         log.warning("mirror: %s", exc)
         return registry_error(502, "UNAVAILABLE", str(exc))
-    headers = {"Docker-Content-Digest": digest}
-    return await stream_file(request, mirror.downloader, download, 0, headers)
+    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes"}
+    span = _range(request.headers.get("Range"), download.table.size)
+    if span is None:
+        return registry_error(416, "RANGE_INVALID", f"Range {request.headers['Range']!r}")
+    return await stream_file(request, mirror.downloader, download, span, headers)
+
+
+def _range(header: str | None, size: int) -> tuple[int, int | None] | None:
+    """`bytes=N-` or `bytes=N-M` as `(N, M+1)` (`(0, None)`: the whole); None: unusable."""
+    if header is None:
+        return 0, None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first = int(match[1])
+    last = min(int(match[2]), size - 1) if match[2] else size - 1
+    return (first, last + 1) if first <= last else None
 
 
 async def _blob_head(request: web.Request, mirror: Mirror, url: str, digest: str) -> web.Response:

@@ -127,6 +127,8 @@ def test_mirror_api_edges(mesh: Cluster, registry: RegistryServer, pushed: str) 
     assert status == 200 and int(headers["Content-Length"]) == layer["size"]
     status, body = _get(blob_url)
     assert status == 200 and len(body) == layer["size"]
+    assert _get(blob_url, {"Range": "bytes=10-"}) == (206, body[10:])  # a resumed pull
+    assert _get(blob_url, {"Range": "bytes=5-9"}) == (206, body[5:10])
     status, headers = _head(blob_url)  # held: from the piece table
     assert status == 200 and headers["Docker-Content-Digest"] == layer["digest"]
     assert int(headers["Content-Length"]) == layer["size"]
