@@ -2,9 +2,10 @@
 
 A Distribution registry, a supernode (SQLite; PostgreSQL with `--postgres`), a seed peer
 and two peers (`dfdaemon`), each on its own port with its data under `cluster-work/`.
-Prints their addresses and runs until Ctrl-C, then stops everything it started, newest
-first: SIGTERM (SIGINT for PostgreSQL), SIGKILL after a timeout, `fusermount3 -uz` on every
-mountpoint. `scripts/demo.py` starts its processes through the same `LocalCluster`.
+Prints their addresses (and writes them to `cluster-work/cluster.json`), runs until Ctrl-C,
+then stops everything it started, newest first: SIGTERM (SIGINT for PostgreSQL), SIGKILL
+after a timeout, `fusermount3 -uz` on every mountpoint. `scripts/demo.py` starts its
+processes through the same `LocalCluster`.
 
 The rule it keeps: a process this module starts is stopped by it, whatever happens.
 """
@@ -327,6 +328,14 @@ def _short(path: Path) -> str:
     return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
 
+def write_addresses(cluster: LocalCluster, path: Path) -> None:
+    """{service: address} for scripts and tests, written once everything is up."""
+    found = {s.name: s.address for s in cluster.services}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"token": cluster.token, "services": found}, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def prepare(work: Path) -> None:
     """Start afresh, but keep the registry's storage (pushed images survive a restart)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -383,6 +392,7 @@ def main() -> int:
         except KeyboardInterrupt:
             return 130
         console.print(describe(cluster))
+        write_addresses(cluster, args.work / "cluster.json")
         console.print("Ctrl-C stops every process above and unmounts every mount.")
         return run_until_interrupted(cluster)
 
