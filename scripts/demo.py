@@ -27,7 +27,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster import PEER_PORTS, PORTS, LocalCluster, Service, detach_below, http_get
+from cluster import (
+    PEER_PORTS,
+    PORTS,
+    ClusterError,
+    LocalCluster,
+    Service,
+    detach_below,
+    http_get,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +60,14 @@ def main() -> int:
     if missing:
         console.print(f"[red]demo: missing {', '.join(missing)} (make system installs them)[/red]")
         return 1
+    try:
+        return run_demo(tree)
+    except (DemoError, ClusterError) as exc:
+        console.print(f"[red]demo: {exc}[/red]")
+        return 1
+
+
+def run_demo(tree: Path) -> int:
     if WORK.exists():
         detach_below(WORK)
         shutil.rmtree(WORK)
@@ -262,11 +278,7 @@ def mesh_story(snapshot: Path) -> int:
         return 0
     files = pick_files(snapshot)
     with LocalCluster(WORK / "mesh", token="demo-token") as cluster:
-        try:
-            steps, reads, metrics = run_mesh(cluster, snapshot, files)
-        except DemoError as exc:
-            console.print(f"[red]demo: {exc}[/red]")
-            return 1
+        steps, reads, metrics = run_mesh(cluster, snapshot, files)
     console.print(steps_table(steps))
     console.print(mesh_table(reads, metrics))
     total = sum(r.files for r in reads.values())
@@ -429,10 +441,11 @@ def print_summary(
     meshed = sum(m.get("dfdaemon_peer_bytes_in_total", 0) for m in metrics.values())
     read = sum(r.nbytes for r in reads.values())
     waits = [t for r in reads.values() for t in r.first_bytes] or [0.0]
+    share = "all" if to_seed == origin else human(int(to_seed))
     console.print(
         f"{len(reads)} peers read the same {len(files)} files ({human(read)} in all) through "
-        f"their mounts. The origin sent {human(int(origin))}, {human(int(to_seed))} of it to "
-        f"the seed (which reads ahead); peers sent each other {human(int(meshed))}. "
+        f"their mounts. The origin sent {human(int(origin))}, {share} of it to the seed "
+        f"(which reads ahead); peers sent each other {human(int(meshed))}. "
         f"peer2 and peer3 read with the registry stopped. First byte of a file: median "
         f"{statistics.median(waits) * 1000:.1f} ms, slowest {max(waits) * 1000:.0f} ms."
     )
