@@ -8,11 +8,12 @@
 
 ARG DEBIAN=debian:12-slim
 
-# --- build: compile the wheels that need it (pyfuse3 against libfuse3) into /opt/nydus-mesh
+# --- build: compile the wheels that need it (pyfuse3 against libfuse3, libp2p's fastecdsa
+#     against GMP) into /opt/nydus-mesh
 FROM ${DEBIAN} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      python3 python3-venv python3-dev gcc libc6-dev libfuse3-dev pkg-config \
+      python3 python3-venv python3-dev gcc libc6-dev libfuse3-dev libgmp-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/nydus-mesh \
  && /opt/nydus-mesh/bin/pip install --no-cache-dir --upgrade pip
