@@ -376,7 +376,10 @@ def run_mesh(lab: Lab, blob: Blob, n: int, timeout: float, number: int) -> RunRe
     start = time.monotonic()
     finished = read_mounts([mounts[name] / "data.bin" for name in peer_names(n)], start, timeout)
     after = lab.tx("origin")
-    extra = {"metrics": {name: daemon_metrics(lab, name) for name in daemons}}
+    extra = {
+        "metrics": {name: daemon_metrics(lab, name) for name in daemons},
+        "daemon_cpu_s": {name: cpu_seconds(process.pid) for name, process in daemons.items()},
+    }
     lab.stop_processes()
     return RunResult(max(finished), finished, after[0] - before[0], after[1] - before[1], extra)
 
@@ -422,6 +425,15 @@ def daemon_metrics(lab: Lab, name: str) -> dict[str, float]:
         if short in wanted:
             found[short] = float(value)
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (nsenter execs the daemon: same pid)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def read_mounts(paths: list[Path], start: float, timeout: float) -> list[float]:
