@@ -19,6 +19,10 @@ Design decisions (details in the modules named):
   per-round reports, failing/slow parents dropped, liars distrusted for the blob for good.
 - Transports (`_parentclient.ChunkTransport`) and origins are classes a fetcher is given:
   libp2p, a registry mirror and dfget plug in beside the HTTP ones.
+- Plain files and OCI layers (`_pieces`, `_download`, `_mirror`, `dfget`): fixed-size
+  pieces of a blob keyed by the content digest (or URL), sha256 per piece recorded by the
+  origin fetcher and published as a one-chunk "piece table" blob; the whole-file digest is
+  checked before any byte is handed out (`GET /api/v1/download`, the `--mirror` registry).
 
 Data dir: `cache/` (the verified chunk cache), `blobs/` (chunk counts known, to re-announce
 after a restart), `bootstraps/` and `seed-bootstraps/`, `peer_id`, `mounts/N.sock` (the

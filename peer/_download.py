@@ -148,18 +148,25 @@ class Downloader:
         origin = OriginFile(self.http(), url, dict(headers or {}))
         async with self._locks.setdefault(blob_id, asyncio.Lock()):
             table = await asyncio.to_thread(read_table, self.cache, table_blob_id(blob_id))
-            if table is not None and await self._complete(blob_id, table):
-                pass  # published after its whole-file check, every piece still here
-            elif table is not None and table.content_digest == (digest or table.content_digest):
-                await self._from_mesh(blob_id, table, origin, None)
-            elif (found := await self._mesh_table(blob_id, digest)) is not None:
-                self.metrics.mesh_tables.inc()
-                table = found[1]
-                await self._from_mesh(blob_id, table, origin, found[0])
-            else:
-                table = await self._from_origin(blob_id, origin, digest)
+            if table is None or not await self._complete(blob_id, table):
+                table = await self._fill(blob_id, table, origin, digest)
         self.metrics.files.inc()
         return Download(blob_id, table)
+
+    async def _fill(
+        self, blob_id: str, table: PieceTable | None, origin: OriginFile, digest: str | None
+    ) -> PieceTable:
+        """Fetch what is missing: by the table held, else by a parent's, else the origin."""
+        if table is not None:  # ours: published after its whole-file check
+            await self._from_mesh(blob_id, table, origin, None)
+            return table
+        found = await self._mesh_table(blob_id, digest)
+        if found is None:
+            return await self._from_origin(blob_id, origin, digest)
+        self.metrics.mesh_tables.inc()
+        parent_id, table = found
+        await self._from_mesh(blob_id, table, origin, parent_id)
+        return table
 
     async def _complete(self, blob_id: str, table: PieceTable) -> bool:
         missing = await asyncio.to_thread(self.cache.missing, blob_id, table.infos())

@@ -11,7 +11,8 @@ whose blobs come through the mesh.
 Blob GETs honour `Range: bytes=N-[M]` (206), so a client can resume a broken transfer.
 
 The upstream is the registry named by the request's `ns=` query parameter (what containerd
-sends; plain HTTP for a loopback host or with `--insecure`, else HTTPS), else
+sends; `docker.io` means its API host; plain HTTP for a loopback host or with
+`--insecure`, else HTTPS), else
 `--mirror-upstream`. A blob is keyed by its digest, so the same layer pulled through any
 upstream or by `dfget` is one file of the mesh.
 
@@ -46,6 +47,7 @@ from ._download import (
 from ._pieces import file_blob_id, parse_digest, table_blob_id
 
 log = logging.getLogger("dfdaemon.mirror")
+_HUB_API = {"docker.io": "registry-1.docker.io"}  # containerd's ns= for Docker Hub
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 _PASSED_BACK = ("Content-Type", "Docker-Content-Digest", "Docker-Distribution-API-Version",
@@ -74,7 +76,7 @@ class Mirror:
 
     def upstream_for(self, request: web.Request) -> str:
         """`scheme://host[:port]` of the registry this request is for."""
-        ns = request.query.get("ns")
+        ns = _HUB_API.get(request.query.get("ns", ""), request.query.get("ns"))
         if ns:
             host = ns.rsplit(":", 1)[0] if ns.count(":") == 1 else ns.strip("[]")
             scheme = "http" if self.insecure or _is_local(host) else "https"

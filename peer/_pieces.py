@@ -24,7 +24,9 @@ size))`) and each piece gets its digest when it is first known:
 
 So the final check is the whole-file sha256; piece digests bound what one lying parent
 can cost (one piece) but are only as good as the first origin fetch for URL-keyed files
-with no `--digest` (as in Dragonfly, the first fetcher's word).
+with no `--digest` (as in Dragonfly, the first fetcher's word). A URL-keyed file is also
+fetched from its origin once: later downloads of the URL get the mesh's copy, even if the
+origin's content changed since (pass `--digest` to pin the content).
 
 Rule: this module is data only (no I/O): ids, the table, its JSON form, and the chunk
 records of pieces.

@@ -27,13 +27,17 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from ._pieces import parse_digest
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 PROG = "dfget"
 OK, USAGE, NOT_FOUND, DIGEST_MISMATCH, NETWORK = 0, 2, 3, 4, 5
@@ -253,11 +257,13 @@ async def download(args: argparse.Namespace) -> None:
     expected = expected_digest(url, args.digest)
     part = PartFile(output)
     offset, had = part.resumable(url, expected)
-    async with _open(args, url, expected, offset) as stream:
-        if had is not None and had != stream.content_digest:  # the file changed: start over
-            raise _Restart
-        part.start(url, stream, offset)
-        await _receive(part, stream, offset, show=not args.quiet and sys.stderr.isatty())
+    with _progress(not args.quiet and sys.stderr.isatty()) as bar:
+        async with _open(args, url, expected, offset) as stream:
+            if had is not None and had != stream.content_digest:  # other content: start over
+                raise _Restart
+            part.start(url, stream, offset)
+            bar.start(stream.size, offset)
+            await _receive(part, stream, bar)
     actual = await asyncio.to_thread(sha256_of, part.part)
     wanted = expected or stream.content_digest
     if actual != wanted:
@@ -279,11 +285,11 @@ def _open(
     return daemon_stream(args.daemon or DEFAULT_DAEMON, url, digest, offset)
 
 
-async def _receive(part: PartFile, stream: Stream, offset: int, show: bool) -> None:
-    with open(part.part, "ab") as out, _progress(show, stream.size, offset) as advance:
+async def _receive(part: PartFile, stream: Stream, bar: _Bar) -> None:
+    with open(part.part, "ab") as out:
         async for block in stream.blocks:
             out.write(block)
-            advance(len(block))
+            bar.advance(len(block))
         out.flush()
         os.fsync(out.fileno())
     if part.part.stat().st_size != stream.size:
@@ -291,18 +297,41 @@ async def _receive(part: PartFile, stream: Stream, offset: int, show: bool) -> N
                                   f"{stream.size} bytes (run again to resume)")  # fmt: skip
 
 
+class _Bar:
+    """A rich progress bar on stderr: a spinner while the daemon gathers the pieces (and
+    checks the whole), then bytes received; nothing at all when `progress` is None."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.task = progress.add_task("mesh", total=None) if progress is not None else None
+
+    def start(self, total: int, done: int) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, description="dfget", total=total, completed=done)
+
+    def advance(self, size: int) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task, size)
+
+
 @contextlib.contextmanager
-def _progress(show: bool, total: int, done: int) -> Iterator[Callable[[int], None]]:
+def _progress(show: bool) -> Iterator[_Bar]:
     if not show:
-        yield lambda _: None
+        yield _Bar(None)
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
 
-    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("dfget", total=total, completed=done)
-        yield lambda n: bar.advance(task, n)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        yield _Bar(progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
