@@ -52,6 +52,8 @@ def port_for(preferred: int) -> int:
     """`preferred` when it is free on 127.0.0.1, else any free port."""
     for port in (preferred, 0):
         with socket.socket() as sock:
+            # as the servers bind: connections in TIME_WAIT do not make a port taken
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -301,7 +303,8 @@ def _postgres_ready(pid_file: Path) -> bool:
 
 def start_topology(cluster: LocalCluster, postgres: bool, mounts: tuple[str, ...]) -> None:
     """The services of docker-compose.yml, in its dependency order."""
-    cluster.start_registry()
+    registry = cluster.start_registry()
+    mounts = tuple(in_registry(registry, reference) for reference in mounts)
     db = cluster.start_postgres().address if postgres else None
     supernode = cluster.start_supernode(db)
     seed = cluster.start_peer("seed", supernode, port=PORTS["seed"], seed=True, wait=False)
@@ -311,6 +314,13 @@ def start_topology(cluster: LocalCluster, postgres: bool, mounts: tuple[str, ...
     ]
     for peer in (seed, *peers):
         cluster.wait_peer(peer)
+
+
+def in_registry(registry: Service, reference: str) -> str:
+    """`REPO:TAG` names an image in the cluster's registry; a reference with a host is kept."""
+    first = reference.split("/", 1)[0]
+    has_host = "/" in reference and ("." in first or ":" in first or first == "localhost")
+    return reference if has_host else f"{registry.host}/{reference}"
 
 
 def describe(cluster: LocalCluster) -> Table:
@@ -377,7 +387,7 @@ def main() -> int:
     parser.add_argument("--postgres", action="store_true", help="supernode on PostgreSQL")
     parser.add_argument(
         "--mount", action="append", default=[], metavar="REF",
-        help="a Nydus image both peers mount (it must be in the registry already)",
+        help="a Nydus image both peers mount: REPO:TAG in the cluster's registry, or HOST/REPO:TAG",
     )  # fmt: skip
     args = parser.parse_args()
     console = Console()
