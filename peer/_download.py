@@ -22,10 +22,11 @@ HTTP surface, on the chunk server's port:
 
     GET /api/v1/download?url=URL[&digest=sha256:...][&offset=N]
 
+Only clients on this host (loopback) may ask: the daemon fetches whatever URL it is given.
 `200` with the bytes from `offset`, headers `X-Dfget-Size` (the whole size) and
 `X-Dfget-Digest` (the whole file's sha256). Errors are JSON `{"error", "detail"}`:
-`400` bad request, `404 not_found` (the origin said so and no peer had it), `409
-digest_mismatch`, `502 origin_unreachable` / `origin_error`.
+`400` bad request, `403` not a local client, `404 not_found` (the origin said so and no
+peer had it), `409 digest_mismatch`, `502 origin_unreachable` / `origin_error`.
 
 Rule: a piece is stored only after its sha256 was computed from the bytes (origin) or
 checked against the table (mesh); the table is published only after the whole file checked.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -421,11 +423,20 @@ async def _closing(app: web.Application) -> AsyncIterator[None]:
     await app[DOWNLOADER].close()
 
 
+def _from_this_host(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
 def _error(status: int, code: str, detail: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status)
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:
+    if not _from_this_host(request.remote):  # it fetches any URL asked: not an open proxy
+        return _error(403, "forbidden", f"downloads are for local clients, not {request.remote}")
     query = request.query
     url, offset = query.get("url", ""), query.get("offset", "0")
     if not url.startswith(("http://", "https://")) or not offset.isdigit():

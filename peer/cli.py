@@ -3,10 +3,13 @@
     dfdaemon --supernode URL --listen ADDR --data-dir DIR [--token T] [--seed]
              [--upload-limit RATE] [--mount REF:MOUNTPOINT]
              [--mirror HOST:PORT [--mirror-upstream URL]]
+             [--p2p-listen MULTIADDR] [--transport http|libp2p]
 
 Registers with the supernode, serves the chunks its cache holds to other peers, and (with
 `--mount`) mounts a Nydus image whose missing chunks come from peers before the registry.
-With `--seed` it takes seed tasks: chunks fetched from the origin for others. Runs in the
+With `--seed` it takes seed tasks: chunks fetched from the origin for others. With
+`--p2p-listen` it serves the same chunks over libp2p too (`/nydus-mesh/chunk/1`), and
+`--transport libp2p` fetches over libp2p from parents that offer it. Runs in the
 foreground until SIGINT/SIGTERM. Every failure is one line on stderr and a non-zero exit.
 """
 
@@ -23,7 +26,7 @@ import uvloop
 
 from rafs import RafsError
 
-from ._errors import PeerError
+from ._errors import PeerError, UsageError
 from ._options import DaemonOptions, MountSpec, parse_listen
 from ._ratelimit import parse_rate
 
@@ -57,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", metavar="HOST:PORT", help="serve a pull-through registry mirror")
     p.add_argument("--mirror-upstream", metavar="URL",
                    help="the mirror's registry for requests without ns=")  # fmt: skip
+    p.add_argument("--p2p-listen", metavar="MULTIADDR",
+                   help="serve chunks over libp2p too, e.g. /ip4/127.0.0.1/tcp/0")  # fmt: skip
+    p.add_argument("--transport", choices=["http", "libp2p"], default="http",
+                   help="preferred when a parent offers both (libp2p: listens too)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -69,6 +76,17 @@ def _size(text: str) -> int:
         return int(float(text[:-1] if factor > 1 else text) * factor)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G)") from None
+
+
+def _multiaddr(text: str) -> str:
+    """A libp2p listen address, checked before anything starts."""
+    import multiaddr
+
+    try:
+        multiaddr.Multiaddr(text)
+    except Exception as exc:  # the multiaddr package raises several unrelated types
+        raise UsageError(f"--p2p-listen {text!r}: not a multiaddr ({exc})") from exc
+    return text
 
 
 def options_from(args: argparse.Namespace) -> DaemonOptions:
@@ -88,9 +106,20 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         cache_dir=args.cache_dir,
         cache_size=args.cache_size,
         insecure=args.insecure,
-        mirror=parse_listen(args.mirror) if args.mirror else None,
+        mirror=_mirror_address(args.mirror),
         mirror_upstream=args.mirror_upstream,
+        p2p_listen=_multiaddr(args.p2p_listen) if args.p2p_listen else None,
+        transport=args.transport,
     )
+
+
+def _mirror_address(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    try:
+        return parse_listen(text)
+    except UsageError:
+        raise UsageError(f"--mirror {text!r}: expected HOST:PORT with a port 0-65535") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

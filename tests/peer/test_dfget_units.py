@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peer._download import _pieces_of
+from peer._download import _from_this_host, _pieces_of
 from peer._mirror import _range
 from peer._pieces import (
     PIECE_SIZE,
@@ -132,3 +132,11 @@ async def test_a_stream_is_recut_into_pieces() -> None:
 
     sizes = [len(piece) async for piece in _pieces_of(blocks())]
     assert sizes == [P, P, 9]
+
+
+@pytest.mark.parametrize(("remote", "allowed"), [
+    ("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("10.0.0.1", False),
+    ("192.168.1.5", False), (None, False), ("not-an-ip", False),
+])  # fmt: skip
+def test_downloads_are_only_for_local_clients(remote: str | None, allowed: bool) -> None:
+    assert _from_this_host(remote) is allowed
