@@ -18,6 +18,7 @@ from tests.fixtures.images import make_image, push, require_tools
 from tests.fixtures.registry import RegistryServer
 
 from .cluster import Cluster, Peer, free_port, wait_for
+from .test_dfget import daemon, dfget, sha256
 
 
 @pytest.fixture
@@ -151,3 +152,25 @@ def _head(url: str) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(url, method="HEAD")
     with urllib.request.urlopen(request) as response:
         return response.status, dict(response.headers)
+
+
+def test_dfget_of_a_registry_blob_is_shared_with_the_mirror(
+    mesh: Cluster, registry: RegistryServer, pushed: str, tmp_path: Path
+) -> None:
+    a, port = start_mirror_peer(mesh, "a", registry)
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    manifest = json.loads(_get(f"{registry.url}/v2/mesh/oci/manifests/v1", accept)[1])
+    layer = manifest["layers"][0]
+    blob_url = f"{registry.url}/v2/mesh/oci/blobs/{layer['digest']}"
+    out = tmp_path / "layer"
+    done = dfget(blob_url, "-O", str(out), "--daemon", daemon(a))  # the digest is implied
+    assert done.returncode == 0, done.stderr
+    assert sha256(out.read_bytes()) == layer["digest"]
+    other = "sha256:" + "0" * 64
+    assert dfget(blob_url, "-O", str(tmp_path / "x"), "--digest", other).returncode == 2
+
+    from_origin = a.metric("dfdaemon_origin_bytes_total")
+    assert from_origin == layer["size"]
+    status, body = _get(f"http://127.0.0.1:{port}/v2/mesh/oci/blobs/{layer['digest']}")
+    assert status == 200 and body == out.read_bytes()
+    assert a.metric("dfdaemon_origin_bytes_total") == from_origin  # one file of the mesh
