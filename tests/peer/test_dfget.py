@@ -143,6 +143,13 @@ def test_resume_partial_download(mesh: Cluster, files: FileServer, tmp_path: Pat
     assert out.read_bytes() == data and not part.exists() and not state.exists()
     assert peer.metric("dfdaemon_download_bytes_out_total") == len(data) - kept
 
+    stale = "sha256:" + "5" * 64  # the part is of other content: dropped, started over
+    part.write_bytes(b"y" * kept)
+    state.write_text(json.dumps({"url": url, "digest": stale, "size": len(data)}))
+    again = dfget(url, "-O", str(out), "--daemon", daemon(peer))
+    assert again.returncode == 0, again.stderr
+    assert out.read_bytes() == data and not part.exists() and not state.exists()
+
     part.write_bytes(b"x" * kept)  # a corrupt prefix: resumed, then caught by the final check
     state.write_text(json.dumps({"url": url, "digest": sha256(data), "size": len(data)}))
     bad = dfget(url, "-O", str(tmp_path / "big.bin"), "--daemon", daemon(peer))
