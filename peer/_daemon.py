@@ -55,7 +55,11 @@ def bind(listen: tuple[str, int]) -> socket.socket:
 async def serve(options: DaemonOptions) -> None:
     """Run until signalled (or until the mount ends), then shut everything down."""
     sock = bind(options.listen)
-    app = make_app(options, sock.getsockname()[1])
+    try:
+        app = make_app(options, sock.getsockname()[1])
+    except BaseException:
+        sock.close()
+        raise
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

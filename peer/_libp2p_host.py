@@ -114,6 +114,7 @@ class Libp2pHost:
 
     def start(self, loop: asyncio.AbstractEventLoop, timeout: float = 10.0) -> None:
         """Start the trio thread and listen; blocks until listening (or fails)."""
+        logging.getLogger("libp2p").propagate = True  # into the daemon's log, not stderr
         self.bridge.start(loop, timeout)
         try:
             self.bridge.run_blocking(self._start, timeout=timeout)
@@ -154,6 +155,10 @@ class Libp2pHost:
                 if self._service is not None:
                     handler = ChunkStreamHandler(self._service, self.bridge, self.metrics)
                     host.set_stream_handler(CHUNK_PROTOCOL, handler.handle)
+                if not host.get_addrs():  # libp2p logs a failed listen and goes on
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await host.close()
+                    raise OSError("no listener started (address in use, or not this host's)")
                 self._host = host
                 self.addrs = advertised(host.get_addrs(), self.advertise_ip)
                 task_status.started()

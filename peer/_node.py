@@ -23,11 +23,11 @@ from ._announce import Announcer, AnnouncingCache
 from ._catalog import BlobCatalog
 from ._chunkserver import CACHE, METRICS, UPLOADS, UploadSlots, add_chunk_routes
 from ._download import Downloader, add_download_routes
+from ._libp2p_node import chunk_transport, start_libp2p
 from ._mesh import Mesh
 from ._metrics import PeerMetrics
 from ._options import DaemonOptions, advertised_ip, host_name, peer_id
 from ._origins import OriginPool
-from ._parentclient import HttpChunkTransport
 from ._ratelimit import RateLimiter
 from ._seed import Seeder
 from ._session import SupernodeSession
@@ -46,14 +46,20 @@ class PeerNode:
         limiter = RateLimiter(options.upload_limit) if options.upload_limit else None
         self.uploads = UploadSlots(options.upload_slots, limiter)
         self.metrics.watch_uploads(lambda: self.uploads.in_flight)
+        try:
+            self.p2p = start_libp2p(options, self.cache, self.metrics, self.uploads)
+        except BaseException:
+            self.cache.close()
+            raise
         self.catalog = BlobCatalog(options.data_dir / "blobs")
         self.origins = OriginPool(options.data_dir / "seed-bootstraps")
         self.client = SupernodeClient(options.supernode, options.token)
-        self.registration = _registration(options, port)
+        multiaddrs = self.p2p.addrs if self.p2p is not None else ()
+        self.registration = _registration(options, port, multiaddrs)
         self.session = SupernodeSession(
             self.client, self.registration, self.metrics, uploads=lambda: self.uploads.in_flight
         )
-        self.transport = HttpChunkTransport()
+        self.transport = chunk_transport(options, self.p2p)
         self.mesh = Mesh(self.session, self.transport, self.metrics, options.mesh)
         self._tasks: list[asyncio.Task[None]] = []
         self.announcer: Announcer | None = None
@@ -95,6 +101,8 @@ class PeerNode:
             await self.announcer.close()
         self.cache.notify = None
         await self.transport.close()
+        if self.p2p is not None:
+            await self.p2p.aclose()
         await self.client.close()
         await self.origins.close()
         self.cache.close()
@@ -105,7 +113,7 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         log.error("background task %s died", task.get_name(), exc_info=task.exception())
 
 
-def _registration(options: DaemonOptions, port: int) -> Register:
+def _registration(options: DaemonOptions, port: int, multiaddrs: tuple[str, ...] = ()) -> Register:
     ip = advertised_ip(options)
     host = f"[{ip}]" if ":" in ip else ip
     return Register(
@@ -114,6 +122,7 @@ def _registration(options: DaemonOptions, port: int) -> Register:
         ip=ip,
         upload_port=port,
         http_url=f"http://{host}:{port}",
+        multiaddrs=multiaddrs,
         upload_capacity=options.upload_slots,
         labels={"zone": options.zone} if options.zone else {},
         seed=options.seed,

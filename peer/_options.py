@@ -12,6 +12,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ._errors import UsageError
 from ._mesh import MeshConfig
@@ -53,6 +54,8 @@ class DaemonOptions:
     insecure: bool = False
     mirror: tuple[str, int] | None = None  # registry mirror HOST:PORT
     mirror_upstream: str | None = None  # its upstream when a request names none (ns=)
+    p2p_listen: str | None = None  # libp2p multiaddr, e.g. /ip4/127.0.0.1/tcp/0
+    transport: Literal["http", "libp2p"] = "http"  # preferred when a parent offers both
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     @property
