@@ -63,6 +63,7 @@ def files(tmp_path: Path) -> Iterator[FileServer]:
     rng = random.Random(5)
     (root / "big.bin").write_bytes(rng.randbytes(2 * PIECE_SIZE + 123_457))  # 3 pieces
     (root / "small.txt").write_bytes(b"hello mesh\n" * 1000)
+    (root / "empty").write_bytes(b"")
     server = FileServer(root)
     server.start()
     try:
@@ -110,6 +111,10 @@ def test_exit_codes(mesh: Cluster, files: FileServer, tmp_path: Path) -> None:
     given = dfget(f"{files.url}/small.txt", "-O", str(tmp_path / "s"), "--daemon", daemon(peer),
                   "--digest", small)  # fmt: skip
     assert given.returncode == 0, given.stderr
+
+    empty = dfget(f"{files.url}/empty", "-O", str(tmp_path / "e"), "--daemon", daemon(peer))
+    assert empty.returncode == 0, empty.stderr
+    assert (tmp_path / "e").read_bytes() == b""
 
     missing = dfget(f"{files.url}/nope.bin", "-O", str(tmp_path / "nope"), "--daemon", daemon(peer))
     assert missing.returncode == 3, missing.stderr
