@@ -13,7 +13,12 @@ parent and blob and chunk range, the origin URL.
     │   ├── SupernodeUnavailable  refused connection, timeout, 5xx: fall back to the origin
     │   └── SupernodeRefused      a 4xx answer
     │       └── UnknownPeer         the supernode forgot us: register again
-    └── ParentError             parent_id, blob_id, kind (a protocol.FailureKind)
+    ├── ParentError             parent_id, blob_id, kind (a protocol.FailureKind)
+    ├── BadPieceTable           a file's piece table that does not parse (`_pieces`)
+    └── DownloadError           a file not delivered; status, code (`_download`)
+        ├── NotFoundAtOrigin        404
+        ├── ContentDigestMismatch   409: the whole file is not the digest expected
+        └── OriginUnreachable       502: refused connection, timeout
 """
 
 from __future__ import annotations
