@@ -47,6 +47,7 @@ from ._libp2p_wire import (
     PROTOCOL_ID,
     ChunkAnswer,
     ChunkRequest,
+    H,
     HeadDecoder,
     Status,
     encode_head,
@@ -318,9 +319,8 @@ async def read_piece(stream: INetStream) -> bytes:
         return b""
 
 
-async def read_head(
-    stream: INetStream, decoder: HeadDecoder[Any]
-) -> Any:  # ChunkRequest | ChunkAnswer, as the decoder's kind
+async def read_head(stream: INetStream, decoder: HeadDecoder[H]) -> H:
+    """Read until the decoder has its head (what followed is in `decoder.rest`)."""
     while True:
         piece = await read_piece(stream)
         if not piece:
@@ -331,7 +331,8 @@ async def read_head(
 
 
 async def reset(stream: INetStream) -> None:
-    with trio.move_on_after(CLOSE_TIMEOUT):
+    """Reset a stream given up on; shielded, so it happens even in a cancelled task."""
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
         try:
             await stream.reset()
         except Exception as exc:  # already broken: nothing to tell the other side
