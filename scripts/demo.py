@@ -119,9 +119,7 @@ def take_snapshot(tree: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def nydus_image(*args: object) -> None:
-    subprocess.run(
-        [str(BIN / "nydus-image"), *map(str, args)], check=True, stdout=subprocess.DEVNULL
-    )
+    run(BIN / "nydus-image", *args)
 
 
 def build(tree: Path, rows: list[tuple[str, str]]) -> dict[str, int]:
