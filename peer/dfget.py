@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ._errors import PeerError
 from ._pieces import parse_digest
 
 if TYPE_CHECKING:
@@ -168,16 +169,19 @@ async def daemon_stream(
     base = daemon if daemon.startswith(("http://", "https://")) else f"http://{daemon}"
     params = {"url": url, "offset": str(offset), **({"digest": digest} if digest else {})}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
-    with _network_errors(base):
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.get(f"{base}/api/v1/download", params=params) as response,
-        ):
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        with _network_errors(base):  # around the request only: not the caller's writes
+            response = await http.get(f"{base}/api/v1/download", params=params)
+        try:
             if response.status != 200:
-                raise _status_error(response.status, await _detail(response))
+                with _network_errors(base):
+                    detail = await _detail(response)
+                raise _status_error(response.status, detail)
             size = int(response.headers["X-Dfget-Size"])
             blocks = _network_blocks(base, response.content.iter_chunked(1 << 20))
             yield Stream(size, response.headers["X-Dfget-Digest"], blocks)
+        finally:
+            response.release()
 
 
 async def _detail(response: aiohttp.ClientResponse) -> str:
@@ -234,9 +238,18 @@ async def one_shot_stream(
             except DownloadError as exc:
                 raise DfgetError(NETWORK, str(exc)) from exc
             table = download.table
-            yield Stream(table.size, table.content_digest, downloader.read(download, offset))
+            blocks = _daemon_blocks(downloader.read(download, offset))
+            yield Stream(table.size, table.content_digest, blocks)
         finally:
             await runner.cleanup()
+
+
+async def _daemon_blocks(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for block in blocks:
+            yield block
+    except PeerError as exc:  # e.g. a piece evicted while being read
+        raise DfgetError(NETWORK, str(exc)) from exc
 
 
 async def _registered(session: object, timeout: float) -> None:
@@ -345,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DfgetError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except PeerError as exc:  # the one-shot peer's own failures
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return NETWORK
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return USAGE

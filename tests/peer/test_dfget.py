@@ -130,6 +130,10 @@ def test_exit_codes(mesh: Cluster, files: FileServer, tmp_path: Path) -> None:
     assert dead.returncode == 5, dead.stderr
     assert len(dead.stderr.strip().splitlines()) == 1
 
+    unwritable = tmp_path / "no-such-dir" / "f"  # a local failure, not the network's
+    local = dfget(f"{files.url}/small.txt", "-O", str(unwritable), "--daemon", daemon(peer))
+    assert local.returncode == 1, local.stderr
+
     usage = dfget(f"{files.url}/big.bin", "-O", str(tmp_path / "u"), "--digest", "md5:x")
     assert usage.returncode == 2, usage.stderr
 
