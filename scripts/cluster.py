@@ -339,10 +339,12 @@ def _short(path: Path) -> str:
 
 
 def write_addresses(cluster: LocalCluster, path: Path) -> None:
-    """{service: address} for scripts and tests, written once everything is up."""
+    """Each service's address (and pid) for scripts and tests, once everything is up."""
     found = {s.name: s.address for s in cluster.services}
+    pids = {s.name: s.process.pid for s in cluster.services}
+    state = {"token": cluster.token, "services": found, "pids": pids}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"token": cluster.token, "services": found}, indent=2) + "\n")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(path)
 
 

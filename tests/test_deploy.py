@@ -246,7 +246,7 @@ def test_make_cluster_runs_the_compose_topology_and_stops_it(tmp_path: Path) -> 
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        addresses = _wait_for_addresses(process, work / "cluster.json", log)
+        addresses, pids = _wait_for_addresses(process, work / "cluster.json", log)
         assert set(addresses) == SERVICES - {"postgres"}  # --postgres adds it
         assert _answers(addresses["registry"] + "/v2/")
         for name in ("supernode", *DFDAEMONS):
@@ -254,24 +254,27 @@ def test_make_cluster_runs_the_compose_topology_and_stops_it(tmp_path: Path) -> 
         health = json.loads(urllib.request.urlopen(addresses["supernode"] + "/healthz").read())
         assert health["peers"] == len(DFDAEMONS)
         process.send_signal(signal.SIGINT)
-        assert process.wait(60) == 0
-        for name, address in addresses.items():
-            assert not _answers(address + "/"), f"{name} still answers after Ctrl-C"
+        assert process.wait(60) == 0, log.read_text()
+        for name, pid in pids.items():
+            assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) outlived Ctrl-C"
+        assert str(work) not in Path("/proc/self/mounts").read_text()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
 
 
-def _wait_for_addresses(process: subprocess.Popen[bytes], path: Path, log: Path) -> dict[str, str]:
+def _wait_for_addresses(
+    process: subprocess.Popen[bytes], path: Path, log: Path
+) -> tuple[dict[str, str], dict[str, int]]:
     deadline = time.monotonic() + 60
     while not path.exists():
         if process.poll() is not None:
             raise AssertionError(f"cluster.py exited {process.returncode}: {log.read_text()}")
         assert time.monotonic() < deadline, "cluster.py did not start in 60 s"
         time.sleep(0.1)
-    found: dict[str, str] = json.loads(path.read_text())["services"]
-    return found
+    state = json.loads(path.read_text())
+    return state["services"], state["pids"]
 
 
 def _answers(url: str) -> bool:
