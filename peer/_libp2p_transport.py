@@ -5,7 +5,7 @@
 id against the one in its address) and hands out frames as they complete. Each read is one
 call across the trio bridge, so the asyncio side pulls bytes only as fast as it decodes
 them. `PreferredTransport` sends each parent to the preferred transport when the parent
-offers it, else to the other one.
+offers it, else to the other one (and to the other one too when the first cannot connect).
 
 Rule: this is the one place where libp2p, trio and bridge exceptions met while talking to
 a parent become `ParentError`s: a deadline is `timeout`, a bad head or frame is `protocol`,
@@ -15,8 +15,9 @@ an answer is its own kind (`not_found`, `busy`), anything else from the network 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from typing import Any, Literal
 
 import trio
@@ -27,6 +28,8 @@ from ._errors import ParentError
 from ._libp2p_host import Libp2pHost
 from ._libp2p_wire import ChunkRequest, Status
 from ._parentclient import ChunkTransport
+
+log = logging.getLogger("dfdaemon.libp2p")
 
 TransportName = Literal["http", "libp2p"]
 
@@ -116,7 +119,9 @@ def _translated(parent_id: str, blob_id: str, what: str) -> Iterator[None]:
 
 
 class PreferredTransport:
-    """Each parent over `preferred` when it offers that transport, else over the other."""
+    """Each parent over `preferred` when it offers that transport, else over the other; a
+    parent that cannot be reached (`connect`) over one it offers both on is tried over the
+    other before anything is reported."""
 
     def __init__(
         self, http: ChunkTransport, libp2p: Libp2pTransport, preferred: TransportName
@@ -131,10 +136,30 @@ class PreferredTransport:
             return self.libp2p if has_p2p or parent.http_url is None else self.http
         return self.http if parent.http_url is not None or not has_p2p else self.libp2p
 
-    def fetch(
+    def _other(self, used: ChunkTransport, parent: Parent) -> ChunkTransport | None:
+        if used is self.libp2p:
+            return self.http if parent.http_url is not None else None
+        return self.libp2p if p2p_address(parent) is not None else None
+
+    async def fetch(
         self, parent: Parent, blob_id: str, start: int, end: int, timeout: float
     ) -> AsyncGenerator[Frame, None]:
-        return self.choose(parent).fetch(parent, blob_id, start, end, timeout)
+        first = self.choose(parent)
+        delivered = False
+        try:
+            async with aclosing(first.fetch(parent, blob_id, start, end, timeout)) as frames:
+                async for frame in frames:
+                    delivered = True
+                    yield frame
+            return
+        except ParentError as exc:
+            other = self._other(first, parent)
+            if delivered or other is None or exc.kind is not FailureKind.CONNECT:
+                raise
+            log.info("%s; trying the parent's other transport", exc)
+        async with aclosing(other.fetch(parent, blob_id, start, end, timeout)) as frames:
+            async for frame in frames:
+                yield frame
 
     async def close(self) -> None:
         await self.http.close()

@@ -19,7 +19,7 @@ from peer._libp2p_host import ChunkService, Libp2pHost
 from peer._libp2p_key import KEY_FILE, load_or_create_key
 from peer._libp2p_transport import Libp2pTransport, PreferredTransport
 from peer._libp2p_wire import ChunkRequest, HeadDecoder, Status, encode_head
-from protocol import FailureKind, Frame, FrameDecoder, Parent
+from protocol import Codec, FailureKind, Frame, FrameDecoder, FrameFlags, Parent
 from rafs._cache import BlobCache
 from rafs._chunksource import verify_chunk
 from tests.cache.blobs import Blob, make_blob
@@ -189,6 +189,40 @@ async def test_the_transport_choice_follows_the_preference_and_the_offer(pair: P
     assert prefer_p2p.choose(only_http) is http
     assert prefer_http.choose(both) is http
     assert prefer_http.choose(only_p2p) is pair.transport
+
+
+class OneFrameHttp:
+    """An HTTP transport stand-in that answers every fetch with one frame."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def fetch(
+        self, parent: Parent, blob_id: str, start: int, end: int, timeout: float
+    ) -> AsyncIterator[Frame]:
+        self.asked.append(parent.peer_id)
+        yield Frame(blob_id, start, b"payload", Codec.NONE, FrameFlags.LAST)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_parent_unreachable_over_libp2p_is_tried_over_http(
+    pair: Pair, tmp_path: Path
+) -> None:
+    gone = Libp2pHost(load_or_create_key(tmp_path / "gone"), LOOPBACK, PeerMetrics())
+    await start_host(gone)
+    await gone.aclose()
+    http = OneFrameHttp()
+    both = Parent(peer_id="both", http_url="http://127.0.0.1:1", multiaddrs=gone.addrs)
+    only_p2p = Parent(peer_id="p2p", multiaddrs=gone.addrs)
+    chooser = PreferredTransport(http, pair.transport, "libp2p")  # type: ignore[arg-type]
+    frames = [f async for f in chooser.fetch(both, BLOB, 3, 4, 5.0)]
+    assert [(f.chunk_index, f.payload) for f in frames] == [(3, b"payload")]
+    with pytest.raises(ParentError) as caught:  # no other transport to try
+        _ = [f async for f in chooser.fetch(only_p2p, BLOB, 3, 4, 5.0)]
+    assert caught.value.kind is FailureKind.CONNECT
+    assert http.asked == ["both"]
 
 
 async def test_the_raw_stream_is_an_answer_head_then_chunk_frames(pair: Pair) -> None:
