@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
   fuse3 libfuse3-dev pkg-config   # FUSE mounts and the pyfuse3 build
+  gcc libgmp-dev                  # builds of C extensions: libp2p's fastecdsa needs GMP
+  curl                            # tests query unix-socket APIs
   attr                            # setfattr/getfattr for xattr round trips
   zstd gzip tar                   # layer compressions
   docker-registry skopeo umoci    # a real Distribution registry and OCI tools
