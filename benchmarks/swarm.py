@@ -124,6 +124,7 @@ class Lab:
     mounts: list[Path] = field(default_factory=list)
     made: list[str] = field(default_factory=list)
     blob_reference: str = ""  # the image peers mount (mesh)
+    log_level: str = "warning"  # the daemons'
 
     @property
     def hub(self) -> str:
@@ -390,7 +391,7 @@ def start_daemon(
     ip = lab.hosts[name].ip
     argv = [str(BIN / "dfdaemon"), "--supernode", supernode, "--listen", f"{ip}:{PEER_PORT}",
             "--data-dir", str(work / name), "--token", TOKEN, "--peer-id", name,
-            "--host-name", name, "--insecure", "--log-level", "warning"]  # fmt: skip
+            "--host-name", name, "--insecure", "--log-level", lab.log_level]  # fmt: skip
     if mount is None:
         argv.append("--seed")
     else:
@@ -594,7 +595,7 @@ def benchmark(args: argparse.Namespace, modes: list[str]) -> dict[str, Any]:
     report: dict[str, Any] = {"load_before": load_average()}
     try:
         blob = start_origin(lab, args.size_mb)
-        lab.blob_reference = blob.reference
+        lab.blob_reference, lab.log_level = blob.reference, args.log_level
         results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for number in range(args.runs):
             for mode in modes:
@@ -649,7 +650,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-tc", action="store_true", help="links not shaped")
     p.add_argument("--small", action="store_true", help="smoke: 3 peers, 8 MiB, 1 run")
     p.add_argument("--out-json", type=Path)
-    p.add_argument("--keep-work", action="store_true")
+    p.add_argument("--keep-work", action="store_true", help="keep the work dir and its logs")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
     p.add_argument("--push", nargs=3, metavar=("REGISTRY", "BOOT", "BLOB"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.small:
