@@ -592,7 +592,7 @@ def benchmark(args: argparse.Namespace, modes: list[str]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="swarm-"))
     work.chmod(0o755)
     lab = build_lab(work, args.peers, not args.no_tc)
-    report: dict[str, Any] = {"load_before": load_average()}
+    report: dict[str, Any] = {"load_before": load_average(), "netns_prefix": lab.prefix}
     try:
         blob = start_origin(lab, args.size_mb)
         lab.blob_reference, lab.log_level = blob.reference, args.log_level

@@ -24,7 +24,7 @@ RUN_FIELDS = {"last_peer_s", "peer_s", "origin_egress_bytes", "origin_egress_pay
               "egress_ratio", "egress_ratio_payload"}  # fmt: skip
 MODE_FIELDS = {"runs", "median_last_peer_s", "median_egress_ratio", "median_egress_ratio_payload"}
 TOP_FIELDS = {"date", "machine", "peers", "size_mb", "blob_bytes", "floor_s", "modes",
-              "load_before", "load_after", "targets"}  # fmt: skip
+              "load_before", "load_after", "targets", "netns_prefix"}  # fmt: skip
 
 
 def _netns_permitted() -> str | None:
@@ -84,4 +84,4 @@ def test_direct_sends_the_blob_once_per_peer(report: dict[str, Any]) -> None:
 
 def test_no_namespace_is_left_behind(report: dict[str, Any]) -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "nmsw" not in listed
+    assert report["netns_prefix"] + "-" not in listed
