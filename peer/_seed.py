@@ -62,6 +62,7 @@ class Seeder:
         self.readahead = readahead
         self._queue: asyncio.Queue[SeedTask] = asyncio.Queue()
         self._seen: dict[str, None] = {}
+        self._inflight: dict[str, set[int]] = {}  # blob -> chunk indices a worker is fetching
 
     def submit(self, tasks: Sequence[SeedTask]) -> None:
         for task in tasks:
@@ -100,11 +101,19 @@ class Seeder:
         entry = await self._entry(task)
         wanted = _wanted(task, entry, self.readahead)
         missing = await asyncio.to_thread(self.cache.missing, task.blob_id, wanted)
+        inflight = self._inflight.setdefault(task.blob_id, set())
+        missing = [c for c in missing if c.index not in inflight]  # another worker has these
+        inflight.update(c.index for c in missing)
         source = self.origins.source(RegistryBlobUrl.parse(task.origin_url))
-        for group in _groups(missing, self.batch_bytes):
-            fetched = await origin_get(source, entry.ref, group, self.metrics)
-            await asyncio.to_thread(self.cache.put_many, entry.ref, fetched)
-            self.metrics.seed_chunks.inc(len(fetched))
+        try:
+            for group in _groups(missing, self.batch_bytes):
+                fetched = await origin_get(source, entry.ref, group, self.metrics)
+                await asyncio.to_thread(self.cache.put_many, entry.ref, fetched)
+                self.metrics.seed_chunks.inc(len(fetched))
+        finally:
+            inflight.difference_update(c.index for c in missing)
+            if not inflight:
+                self._inflight.pop(task.blob_id, None)
         self.metrics.seed_tasks.inc()
         log.info("seed task %s: blob %s, %d chunks wanted, %d fetched from the origin",
                  task.task_id, task.blob_id, len(wanted), len(missing))  # fmt: skip
