@@ -200,6 +200,7 @@ class RegistryClient:
         self._auth = AuthState()
         self._token_locks: dict[ScopeKey, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self.requests = 0  # HTTP requests sent, redirects and token fetches included
         self.token_fetches = 0
 
@@ -210,11 +211,14 @@ class RegistryClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:  # a late task must not open a session that nobody will close
+            raise RegistryError(f"client for {self.registry} is closed", registry=self.registry)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
         return self._session

@@ -221,3 +221,12 @@ async def test_mount_links_a_blob_across_repositories(registry: RegistryServer) 
         assert await client.mount_blob("team/target", digest, "team/source")
         assert await client.get_blob("team/target", digest) == data
         assert not await client.mount_blob("team/other", "sha256:" + "1" * 64, "team/source")
+
+
+async def test_a_closed_client_refuses_to_open_a_new_session() -> None:
+    from rafs._registry import RegistryClient, RegistryError
+
+    client = RegistryClient("127.0.0.1:9")
+    await client.close()
+    with pytest.raises(RegistryError, match="is closed"):
+        await client.head_blob("repo", "sha256:" + "0" * 64)
