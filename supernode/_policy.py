@@ -938,13 +938,14 @@ def _eligible(peer: PeerState, requester: PeerState, cutoff: float, banned: set[
 
 
 def _rank(candidates: list[_Holding], zone: str | None) -> list[_Holding]:
-    """Best first: same zone (when the requester has one), then score."""
+    """Best first: same zone (when the requester has one), then ordinary peers before seeds
+    (a seed's link is the one every new chunk still has to cross), then score."""
     keyed = [
-        (zone is not None and h.peer.zone != zone, -h.peer.score(), i, h)
+        (zone is not None and h.peer.zone != zone, h.peer.seed, -h.peer.score(), i, h)
         for i, h in enumerate(candidates)
     ]
     keyed.sort()
-    return [item[3] for item in keyed]
+    return [item[4] for item in keyed]
 
 
 def _segments(candidates: Iterable[_Holding], covered: int) -> Iterator[tuple[int, int]]:

@@ -257,6 +257,16 @@ def test_same_zone_comes_first_even_when_busier(mesh: Mesh) -> None:
     assert parents_of(only_plan(mesh.ask("me", (0, 10)))) == ["near", "far"]
 
 
+def test_ordinary_peers_come_before_a_seed_that_holds_the_same_chunks(mesh: Mesh) -> None:
+    mesh.add("me")
+    mesh.add("seed", seed=True, capacity=10)
+    mesh.add("peer", capacity=10)
+    mesh.hold("seed", (0, 10))
+    mesh.hold("peer", (0, 10))
+    mesh.beat("peer", uploads=6)  # busier than the idle seed, still asked first
+    assert parents_of(only_plan(mesh.ask("me", (0, 10)))) == ["peer", "seed"]
+
+
 def test_free_capacity_ranks_higher_within_a_zone(mesh: Mesh) -> None:
     mesh.add("me")
     mesh.add("loaded", capacity=10)
