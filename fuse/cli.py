@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mountpoint", "-M", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, help="verified chunk cache (default: none)")
-    p.add_argument("--cache-size", type=_size, help="cache size limit, e.g. 10G")
+    p.add_argument("--cache-size", type=parse_size, help="cache size limit, e.g. 10G")
     pre = p.add_mutually_exclusive_group()
     pre.add_argument("--prefetch-files", type=Path, help="file listing paths to fetch first")
     pre.add_argument("--prefetch-all", action="store_true", help="fetch every chunk in background")
@@ -59,11 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
+    """`10G`, `512MiB`, `4096`: a byte count for a size flag (binary units)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     text = text.strip().lower().removesuffix("b").removesuffix("i")
     factor = units.get(text[-1:], 1)
-    return int(float(text[:-1] if factor > 1 else text) * factor)
+    try:
+        return int(float(text[:-1] if factor > 1 else text) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G)") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import uvloop
 
+from fuse.cli import parse_size
 from rafs import RafsError
 
 from ._errors import PeerError, UsageError
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--zone", help="zone label, for locality")
     p.add_argument("--advertise-host", help="IP other peers reach this one on")
     p.add_argument("--cache-dir", type=Path, help="chunk cache (default: DATA_DIR/cache)")
-    p.add_argument("--cache-size", type=_size, help="cache size limit, e.g. 10G")
+    p.add_argument("--cache-size", type=parse_size, help="cache size limit, e.g. 10G")
     p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
     p.add_argument("--mirror", metavar="HOST:PORT", help="serve a pull-through registry mirror")
     p.add_argument("--mirror-upstream", metavar="URL",
@@ -66,16 +67,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="preferred when a parent offers both (libp2p: listens too)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
-
-
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
-    factor = units.get(text[-1:], 1)
-    try:
-        return int(float(text[:-1] if factor > 1 else text) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G)") from None
 
 
 def _multiaddr(text: str) -> str:
