@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import BenchmarkError, report_main
+
 MB = 1_000_000
 TOOLS = ("nydus-image", "tar|zstd", "mksquashfs")
 CHANGED = 0.02  # share of the tree's bytes (by file size) the second version touches
@@ -130,10 +132,6 @@ def warm(tree: Path) -> int:
 
 
 # --- running a tool ----------------------------------------------------------------
-
-
-class BenchmarkError(RuntimeError):
-    """A tool failed or overran, or there was nothing to measure; the run stops."""
 
 
 @dataclass
@@ -448,22 +446,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the temp dir's cleanup
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        report = run(args)
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print_report(report)
-    if args.out_json:
-        args.out_json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return report_main(parse_args(argv), run, print_report)
 
 
 if __name__ == "__main__":

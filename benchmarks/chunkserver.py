@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from _common import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,16 +112,6 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0)
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer in {timeout}s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 # --- the chunk set, twice -------------------------------------------------------------
@@ -230,7 +221,7 @@ def measure(work: Path, blob_id: str, count: int, args: argparse.Namespace) -> d
                 print(f"chunkserver: run {number + 1} {name}: {runs[name][-1]}", file=sys.stderr)
     finally:
         for process in servers:
-            stop(process)
+            stop_process(process)
     medians = {name: statistics.median(r["mb_s"] for r in found) for name, found in runs.items()}
     nginx = medians["nginx_1_chunk"]
     return {

@@ -51,7 +51,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import socket
 import stat
 import statistics
@@ -67,6 +66,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _common import BenchmarkError, report_main, stop_process
 
 MB = 1_000_000
 FULL_BYTES = 1_000 * MB
@@ -88,10 +89,6 @@ APT_PACKAGES = {
 }
 NEEDED = ("skopeo", "umoci", "tar", "fusermount3", "squashfuse", "squashfuse_ll", "mksquashfs")
 BUF = 1 << 20
-
-
-class BenchmarkError(RuntimeError):
-    """A tool failed or overran, or something needed is missing; the run stops."""
 
 
 # --- running tools -------------------------------------------------------------------
@@ -120,16 +117,6 @@ def venv_tool(name: str) -> str:
     if found is None:
         raise BenchmarkError(f"{name} not found next to this Python or on PATH")
     return found
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace)
 
 
 def unmount(path: Path) -> None:
@@ -1039,22 +1026,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        report = run_benchmark(args)
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    print_report(report)
-    if args.out_json:
-        args.out_json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return report_main(parse_args(argv), run_benchmark, print_report)
 
 
 if __name__ == "__main__":

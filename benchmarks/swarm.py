@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SUBNET = "10.99.0"
@@ -83,16 +85,6 @@ def run(argv: list[str], timeout: float = 60.0) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
     return done.stdout
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.1) -> None:
@@ -187,7 +179,7 @@ class Lab:
 
     def stop_processes(self) -> None:
         for process in reversed(self.processes):
-            stop(process)
+            stop_process(process)
         self.processes.clear()
         for mount in self.mounts:
             if os.path.ismount(mount):
@@ -200,7 +192,7 @@ class Lab:
         try:
             self.stop_processes()
             for process in self.services:
-                stop(process)
+                stop_process(process)
         finally:
             for ns in reversed(self.made):
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
