@@ -66,7 +66,7 @@ class MeshConfig:
     batch_chunks: int = 16
     batch_bytes: int = 4 << 20
     depth: int = 2  # requests in flight per parent
-    max_rounds: int = 40
+    max_rounds: int = 400  # a bound on the loop; `max_wait` is what ends a long wait
     max_wait: float = 20.0  # longest a fetch waits on the mesh before the origin
     idle_retry: float = 0.1  # pause after a round without progress (doubles)
     max_retry_pause: float = 0.2  # a RetryLater hint longer than this is cut to it

@@ -13,6 +13,10 @@ decision probes a handful of holders instead of every peer:
   throughput; each range gets at most `max_parents`, and every range handed to a parent
   counts against its load until its next heartbeat or a report, so no parent runs hot;
 - when a whole blob is wanted, ranges are ordered rarest first;
+- a chunk that only seeds hold goes to at most `seed_fanout` askers at a time; the others
+  are told to retry and then fetch it from those askers once they announce it, so a seed's
+  link carries each chunk about `seed_fanout` times however many peers want it (the
+  distribution tree Dragonfly builds; the seed's link is the swarm's bottleneck);
 - a chunk nobody can serve becomes one seed task (however many peers ask) and the askers
   are told to retry; with no seed, at most `origin_limit` peers per chunk go to the origin;
 - a digest mismatch blacklists the parent for that blob at once and halves its success.
@@ -21,6 +25,7 @@ decision probes a handful of holders instead of every peer:
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -86,6 +91,9 @@ class PolicyConfig:
     origin_retry_ms: int = 1_000  # retry hint once the origin allowance is used up
     origin_limit: int = 2  # peers per chunk sent to the origin when no seed exists
     origin_grant_ttl: float = 60.0  # an origin allowance is given back after this
+    seed_fanout: int = 2  # askers per chunk sent to a seed while no ordinary peer holds it
+    seed_grant_ttl: float = 3.0  # a seed allowance is given back after this
+    relay_retry_ms: int = 100  # retry hint while a chunk travels from a seed to a peer
     seed_task_ttl: float = 60.0  # an unfinished seed task is dropped after this
     seed_batch: int = 64  # seed tasks handed out per `take_seed_tasks`
     preheat_attempts: int = 3  # seed tasks per preheat blob before the job fails
@@ -275,6 +283,8 @@ class BlobState:
         "grants",
         "holders",
         "origin_url",
+        "seed_counts",
+        "seed_grants",
         "seeding_bits",
     )
 
@@ -290,6 +300,8 @@ class BlobState:
         self.flights: dict[str, _SeedFlight] = {}
         self.seeding_bits = 0  # chunks some seed is fetching
         self.grants: list[tuple[float, int]] = []  # (when, chunks) sent to the origin
+        self.seed_grants: deque[tuple[float, int]] = deque()  # (when, chunks) sent to seeds
+        self.seed_counts: list[int] = []  # live seed allowances per chunk, allocated on use
 
     @property
     def full_bits(self) -> int:
@@ -323,6 +335,32 @@ class BlobState:
     def rarity(self, start: int, end: int) -> int:
         """Fewest holders of any chunk in `[start, end)`."""
         return min(self.counts[start:end]) if self.counts else 0
+
+    def grant_seed(self, bits: int, now: float) -> None:
+        """Count one more asker sent to a seed for each chunk of `bits`."""
+        if not self.seed_counts:
+            self.seed_counts = [0] * self.chunk_count
+        counts = self.seed_counts
+        for start, end in iter_runs(bits):
+            counts[start:end] = [count + 1 for count in counts[start:end]]
+        self.seed_grants.append((now, bits))
+
+    def prune_seed_grants(self, cutoff: float) -> None:
+        """Give back the seed allowances made before `cutoff`."""
+        grants, counts = self.seed_grants, self.seed_counts
+        while grants and grants[0][0] < cutoff:
+            for start, end in iter_runs(grants.popleft()[1]):
+                counts[start:end] = [count - 1 for count in counts[start:end]]
+
+    def seed_saturated(self, start: int, end: int, limit: int) -> int:
+        """Chunks of `[start, end)` already sent to a seed for `limit` askers."""
+        if not self.seed_counts:
+            return 0
+        bits = 0
+        for offset, count in enumerate(self.seed_counts[start:end]):
+            if count >= limit:
+                bits |= 1 << (start + offset)
+        return bits
 
     def refresh_seeding(self) -> None:
         """Recompute the chunks under an unfinished seed flight."""
@@ -424,6 +462,7 @@ class Scheduler:
         self._expire_flights(self._flights, now)
         for blob in self._blobs.values():
             self._prune_grants(blob, now)
+            blob.prune_seed_grants(now - self.config.seed_grant_ttl)
         return gone
 
     def _remove_peer(self, peer_id: str, now: float) -> bool:
@@ -549,11 +588,32 @@ class Scheduler:
                 runs[-1] = (runs[-1][0], end, best)
             else:
                 runs.append((start, end, best))
+        relay = self.config.seed_fanout > 0 and not decision.requester.seed
         for start, end, best in runs:
+            if relay and best[0].peer.seed:  # ordinary holders rank first: seeds only
+                self._plan_from_seeds(decision, start, end, best)
+                continue
             best[0].peer.assigned += 1
             parents = tuple(h.peer.parent for h in best)
             decision.plans.append(FromParents(start=start, end=end, parents=parents))
-        self.stats.parent_plans += len(runs)
+            self.stats.parent_plans += 1
+
+    def _plan_from_seeds(
+        self, decision: _Decision, start: int, end: int, best: tuple[_Holding, ...]
+    ) -> None:
+        """Chunks only seeds hold: at most `seed_fanout` askers each get them from the seed
+        (within `seed_grant_ttl`); the rest retry and get them from those askers."""
+        blob, config = decision.blob, self.config
+        blob.prune_seed_grants(decision.now - config.seed_grant_ttl)
+        run = ((1 << end) - 1) >> start << start
+        waiting = blob.seed_saturated(start, end, config.seed_fanout)
+        allowed = run & ~waiting
+        if allowed:
+            blob.grant_seed(allowed, decision.now)
+            made = _add_plans(decision, allowed, _from_parents(best))
+            best[0].peer.assigned += made
+            self.stats.parent_plans += made
+        self.stats.retry_plans += _add_plans(decision, waiting, _retry(config.relay_retry_ms))
 
     # nobody can serve ----------------------------------------------------------------------
 
@@ -896,6 +956,15 @@ def _add_plans(decision: _Decision, bits: int, make: _PlanMaker) -> int:
 def _retry(retry_after_ms: int) -> _PlanMaker:
     def make(start: int, end: int) -> Plan:
         return RetryLater(start=start, end=end, retry_after_ms=retry_after_ms)
+
+    return make
+
+
+def _from_parents(best: tuple[_Holding, ...]) -> _PlanMaker:
+    parents = tuple(holding.peer.parent for holding in best)
+
+    def make(start: int, end: int) -> Plan:
+        return FromParents(start=start, end=end, parents=parents)
 
     return make
 

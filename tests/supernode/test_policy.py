@@ -267,6 +267,57 @@ def test_ordinary_peers_come_before_a_seed_that_holds_the_same_chunks(mesh: Mesh
     assert parents_of(only_plan(mesh.ask("me", (0, 10)))) == ["peer", "seed"]
 
 
+def test_a_chunk_only_a_seed_holds_goes_to_seed_fanout_askers_the_rest_retry() -> None:
+    mesh = Mesh(seed_fanout=2, relay_retry_ms=75)
+    mesh.add("seed", seed=True, capacity=100)
+    for name in ("a", "b", "c", "d"):
+        mesh.add(name)
+    mesh.hold("seed", (0, 10))
+    assert parents_of(only_plan(mesh.ask("a", (0, 10)))) == ["seed"]
+    assert spans(mesh.ask("b", (0, 4))) == [("parents", 0, 4)]
+    answer = mesh.ask("c", (0, 10))  # 0-4 went to two askers, 4-10 to one
+    assert spans(answer) == [("retry", 0, 4), ("parents", 4, 10)]
+    retry = answer.plans[0]
+    assert isinstance(retry, RetryLater) and retry.retry_after_ms == 75
+    assert spans(mesh.ask("d", (0, 10))) == [("retry", 0, 10)]
+    mesh.hold("a", (0, 10))  # an asker has it now: it is the parent, not the seed
+    assert parents_of(only_plan(mesh.ask("d", (0, 10)))) == ["a", "seed"]
+
+
+def test_seed_allowances_are_given_back_after_their_ttl() -> None:
+    mesh = Mesh(seed_fanout=1, seed_grant_ttl=3.0, peer_ttl=100.0)
+    mesh.add("seed", seed=True, capacity=100)
+    mesh.add("a")
+    mesh.add("b")
+    mesh.hold("seed", (0, 10))
+    assert spans(mesh.ask("a", (0, 10))) == [("parents", 0, 10)]
+    mesh.now += 2.9
+    assert spans(mesh.ask("b", (0, 10))) == [("retry", 0, 10)]
+    mesh.now += 0.2  # a never announced: b may go to the seed now
+    assert spans(mesh.ask("b", (0, 10))) == [("parents", 0, 10)]
+    mesh.now += 3.1
+    mesh.s.expire(mesh.now)  # the sweep gives allowances back too
+    assert mesh.s.blob(BLOB) is not None and mesh.s.blob(BLOB).seed_counts == [0] * COUNT
+
+
+def test_seeds_and_a_zero_fanout_are_not_limited() -> None:
+    mesh = Mesh(seed_fanout=0)
+    mesh.add("seed", seed=True, capacity=100)
+    mesh.add("seed2", seed=True, capacity=100)
+    for name in ("a", "b", "c"):
+        mesh.add(name)
+    mesh.hold("seed", (0, 10))
+    for name in ("a", "b", "c"):
+        assert spans(mesh.ask(name, (0, 10))) == [("parents", 0, 10)]
+    limited = Mesh(seed_fanout=1)
+    limited.add("seed", seed=True, capacity=100)
+    limited.add("seed2", seed=True, capacity=100)
+    limited.add("a")
+    limited.hold("seed", (0, 10))
+    assert spans(limited.ask("a", (0, 10))) == [("parents", 0, 10)]
+    assert spans(limited.ask("seed2", (0, 10))) == [("parents", 0, 10)]  # seeds copy freely
+
+
 def test_free_capacity_ranks_higher_within_a_zone(mesh: Mesh) -> None:
     mesh.add("me")
     mesh.add("loaded", capacity=10)
