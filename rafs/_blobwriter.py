@@ -13,7 +13,6 @@ The blob goes to a temporary file, renamed to its sha256 only by `finish`.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import os
 import tempfile
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar, cast
+from typing import BinaryIO, Generic, TypeVar
 
 import zstandard
 
@@ -39,22 +38,12 @@ BATCH_BYTES = 1 << 20  # a worker task cuts chunks until it has read this much .
 BATCH_CHUNKS = 256  # ... or this many chunks: small files share one task
 
 
-@dataclass(frozen=True, slots=True)
-class _Cut:
-    digest: bytes
-    size: int
-    stored: bytes | None  # compressed (or raw) bytes to store, None if already known
-    compressed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    """A chunk still to read: `length` bytes at `offset` of the file at `path`."""
-
-    path: Path
-    offset: int
-    length: int
-    size: int  # of the whole file, for the error if it shrank
+# What a worker made of one chunk: (digest, size, bytes to store or None if the chunk is
+# known already, whether those bytes are compressed). Plain tuples: one per chunk, made and
+# taken apart in tight loops, where a dataclass costs more than the chunk's Python work.
+_Cut = tuple[bytes, int, bytes | None, bool]
+# A chunk still to read: `length` bytes at `offset` of the file at `path` (`size` long).
+_Read = tuple[bytes, int, int, int]
 
 
 @dataclass(slots=True)
@@ -82,6 +71,7 @@ class BlobWriter:
         known: dict[tuple[bytes, int], ChunkInfo] | None = None,
         threads: int | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        blob_index: int = NEW_BLOB,
     ) -> None:
         self.blob_dir = blob_dir
         self.chunk_size = chunk_size
@@ -91,9 +81,9 @@ class BlobWriter:
         self.threads = threads or max(2, os.cpu_count() or 2)
         self.window = self.threads * 3  # batches in flight
         self.on_bytes = on_bytes
+        self.blob_index = blob_index  # of the chunks stored here; must not be one of `known`'s
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="blob-writer")
         self._compress = _per_thread_compress(compressor)
-        self._local = threading.local()  # each worker's read buffer
         self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by finish/abort
             dir=blob_dir, prefix=".blob-", delete=False
         )
@@ -125,22 +115,24 @@ class BlobWriter:
     # --- many files through one pipeline ------------------------------------------------
 
     def add_files(
-        self, files: Iterable[tuple[K, Path, int]]
+        self, files: Iterable[tuple[K, bytes, int]]
     ) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
         """Yield (key, chunk records) per file (key, path, size), in the order given.
 
         The files are read in the pool, a chunk at a time, so their reading overlaps.
+        `files` is consumed as the pool makes room, so it may be produced by a walk.
         """
         return self._pipeline(self._slots(files))
 
-    def _slots(self, files: Iterable[tuple[K, Path, int]]) -> Iterator[_Slot[K]]:
+    def _slots(self, files: Iterable[tuple[K, bytes, int]]) -> Iterator[_Slot[K]]:
         step = self.chunk_size
         for key, path, size in files:
             pending = _Pending(key, size, [], -(-size // step))
-            if pending.expected == 0:
-                yield pending, 0, None
+            if size <= step:  # most files: one chunk, or none
+                yield pending, 0, (path, 0, size, size) if size else None
+                continue
             for offset in range(0, size, step):
-                yield pending, offset, _Read(path, offset, min(step, size - offset), size)
+                yield pending, offset, (path, offset, min(step, size - offset), size)
 
     def _pipeline(self, slots: Iterable[_Slot[K]]) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
         inflight: collections.deque[_Batch[K]] = collections.deque()
@@ -156,64 +148,67 @@ class BlobWriter:
             batch, future = inflight.popleft()
             stored: list[bytes] = []
             complete: list[_Pending[K]] = []
+            done = 0
             for (pending, offset, _), cut in zip(batch, future.result(), strict=True):
                 if cut is not None:
                     pending.chunks.append(self._place(cut, offset, stored))
+                    done += cut[1]
                 if len(pending.chunks) == pending.expected:
                     complete.append(pending)
             self._write(stored)  # before yielding: the caller may stop consuming
+            if self.on_bytes:
+                self.on_bytes(done)
             for pending in complete:
                 yield pending.key, tuple(pending.chunks)
 
     def _cut_batch(self, sources: list[bytes | _Read | None]) -> list[_Cut | None]:
-        return [None if s is None else self._cut(self._load(s)) for s in sources]
-
-    def _load(self, source: bytes | _Read) -> bytes | memoryview:
-        """The chunk's bytes. Those read here are a view of this thread's buffer, valid
-        until its next read: `_cut` copies a chunk out only if it stores it raw."""
-        if isinstance(source, bytes):
-            return source
-        buf: bytearray | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = bytearray(self.chunk_size)
-        return _read_at(source, memoryview(buf)[: source.length])
-
-    def _cut(self, view: bytes | memoryview) -> _Cut:
-        data = cast(bytes, view)  # the hashers and codecs take any buffer
-        digest = self.digester.hash(data)
-        if (digest, len(data)) in self.known:
-            return _Cut(digest, len(data), None, False)
-        packed = self._compress(data)
-        if len(packed) < len(data):
-            return _Cut(digest, len(data), packed, True)
-        return _Cut(digest, len(data), bytes(data), False)
+        """Read, hash and compress a batch in one tight loop (it runs once per chunk)."""
+        digest_of = self.digester.function()
+        compress = self._compress()
+        known = self.known
+        cuts: list[_Cut | None] = []
+        for source in sources:
+            if source is None:
+                cuts.append(None)
+                continue
+            data = source if isinstance(source, bytes) else _read_chunk(*source)
+            digest = digest_of(data)
+            size = len(data)
+            if (digest, size) in known:
+                cuts.append((digest, size, None, False))
+                continue
+            packed = compress(data)
+            if len(packed) < size:
+                cuts.append((digest, size, packed, True))
+            else:
+                cuts.append((digest, size, data, False))
+        return cuts
 
     def _place(self, cut: _Cut, file_offset: int, stored: list[bytes]) -> ChunkInfo:
-        if self.on_bytes:
-            self.on_bytes(cut.size)
-        found = self.known.get((cut.digest, cut.size))
+        digest, size, data, compressed = cut
+        found = self.known.get((digest, size))
         if found is not None:
             self.reused_chunks += 1
-            self.reused_bytes += cut.size
-            self.dict_chunks += found.blob_index != NEW_BLOB
-            return dataclasses.replace(found, file_offset=file_offset)
-        assert cut.stored is not None
+            self.reused_bytes += size
+            self.dict_chunks += found.blob_index != self.blob_index
+            return _moved(found, file_offset)
+        assert data is not None
         chunk = ChunkInfo(
-            digest=cut.digest,
-            blob_index=NEW_BLOB,
-            flags=CHUNK_COMPRESSED if cut.compressed else 0,
-            compressed_size=len(cut.stored),
-            uncompressed_size=cut.size,
-            compressed_offset=self.compressed_size,
-            uncompressed_offset=self.uncompressed_size,
-            file_offset=file_offset,
-            index=self.chunk_count,
+            digest,
+            self.blob_index,
+            CHUNK_COMPRESSED if compressed else 0,
+            len(data),
+            size,
+            self.compressed_size,
+            self.uncompressed_size,
+            file_offset,
+            self.chunk_count,
         )
-        stored.append(cut.stored)
-        self.compressed_size += len(cut.stored)
-        self.uncompressed_size += cut.size
+        stored.append(data)
+        self.compressed_size += len(data)
+        self.uncompressed_size += size
         self.chunk_count += 1
-        self.known[(cut.digest, cut.size)] = chunk
+        self.known[(digest, size)] = chunk
         return chunk
 
     def _write(self, stored: list[bytes]) -> None:
@@ -224,9 +219,9 @@ class BlobWriter:
             self._writes.append(self._disk.submit(self._append, stored))
 
     def _append(self, stored: list[bytes]) -> None:
-        for data in stored:
-            self._file.write(data)
-            self._sha256.update(data)
+        data = b"".join(stored)  # one write and one hash update per batch, not per chunk
+        self._file.write(data)
+        self._sha256.update(data)
 
     # --- the end -----------------------------------------------------------------------
 
@@ -270,7 +265,7 @@ def _batches(slots: Iterable[_Slot[K]]) -> Iterator[list[_Slot[K]]]:
     for slot in slots:
         batch.append(slot)
         source = slot[2]
-        size += 0 if source is None else len(source) if isinstance(source, bytes) else source.length
+        size += 0 if source is None else len(source) if isinstance(source, bytes) else source[2]
         if size >= BATCH_BYTES or len(batch) >= BATCH_CHUNKS:
             yield batch
             batch, size = [], 0
@@ -278,43 +273,60 @@ def _batches(slots: Iterable[_Slot[K]]) -> Iterator[list[_Slot[K]]]:
         yield batch
 
 
-def _read_at(source: _Read, view: memoryview) -> memoryview:
-    """Fill `view` from the file at `source.offset`."""
+def _read_chunk(path: bytes, offset: int, length: int, size: int) -> bytes:
+    """`length` bytes at `offset` of the file at `path` (whose size was `size`)."""
     try:
-        fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise BuildError(f"cannot read {source.path}: {exc.strerror}") from exc
+        raise BuildError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
     try:
-        got = 0
-        while got < len(view):
-            n = os.preadv(fd, [view[got:]], source.offset + got)
-            if n == 0:
-                raise BuildError(f"file shrank while reading: expected {source.size} bytes")
-            got += n
+        data = os.pread(fd, length, offset)
+        while len(data) < length:  # a short read: rare, but a file may shrink
+            more = os.pread(fd, length - len(data), offset + len(data))
+            if not more:
+                raise BuildError(
+                    f"file shrank while reading: {os.fsdecode(path)}, expected {size} bytes"
+                )
+            data += more
     except OSError as exc:
-        raise BuildError(f"cannot read {source.path}: {exc.strerror}") from exc
+        raise BuildError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
     finally:
         os.close(fd)
-    return view
+    return data
 
 
-def _per_thread_compress(compressor: Compressor) -> Callable[[bytes], bytes]:
-    """`compressor.compress`, with one zstd context per worker thread instead of per chunk.
+def _moved(c: ChunkInfo, file_offset: int) -> ChunkInfo:
+    """`c` at another file offset; built directly, as dataclasses.replace costs 3x more."""
+    return ChunkInfo(
+        c.digest,
+        c.blob_index,
+        c.flags,
+        c.compressed_size,
+        c.uncompressed_size,
+        c.compressed_offset,
+        c.uncompressed_offset,
+        file_offset,
+        c.index,
+        c.crc32,
+    )
 
-    A context makes the same frame whether fresh or reused; it may not be shared by threads.
-    """
+
+def _per_thread_compress(compressor: Compressor) -> Callable[[], Callable[[bytes], bytes]]:
+    """A function giving the calling thread its compress function: with one zstd context
+    per worker thread instead of per chunk (a context makes the same frame whether fresh or
+    reused; it may not be shared by threads)."""
     if compressor is not Compressor.ZSTD:
-        return compressor.compress
+        return lambda: compressor.compress
     local = threading.local()
 
-    def compress(data: bytes) -> bytes:
+    def for_this_thread() -> Callable[[bytes], bytes]:
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        out: bytes = cctx.compress(data)
-        return out
+        compress: Callable[[bytes], bytes] = cctx.compress
+        return compress
 
-    return compress
+    return for_this_thread
 
 
 def _read_exact(stream: BinaryIO, length: int, size: int) -> bytes:

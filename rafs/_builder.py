@@ -8,13 +8,14 @@ leaves up; directory sizes, block counts and link counts are derived, never copi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
-import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from . import _v5layout as L
 from ._blobwriter import NEW_BLOB, BlobWriter
@@ -82,41 +83,55 @@ class ChunkDict:
                 self.chunks.setdefault(key, dataclasses.replace(c, blob_index=place[c.blob_index]))
 
 
-class Layout:
-    """Index order of a tree (§11.1): each directory's children get one block of indices."""
+ListChildren = Callable[[SourceEntry], list[SourceEntry]]  # a directory's entries, by name
 
-    def __init__(self, root: SourceEntry) -> None:
+
+class Layout:
+    """Index order of a tree (§11.1): each directory's children get one block of indices.
+
+    The tree is listed as the indices are given (`grow`), one directory at a time, so a
+    source read from disk can be walked while the content of what was found is stored.
+    """
+
+    def __init__(
+        self, root: SourceEntry, list_children: ListChildren = SourceEntry.sorted_children
+    ) -> None:
         self.nodes: list[SourceEntry] = [root]
         self.children: dict[int, tuple[int, int]] = {}  # index -> (first child, count)
         self.parent: dict[int, int] = {1: 0}
+        self.ino: dict[int, int] = {1: 1}  # index -> index of the first of its hardlinks
+        self._list_children = list_children
+        self._grown = False
+
+    def grow(self) -> Iterator[tuple[int, SourceEntry]]:
+        """List the whole tree; yield each (index, entry) below the root as it is given."""
+        if self._grown:
+            raise RuntimeError("layout already grown")
+        self._grown = True
+        nodes, children, parent, ino = self.nodes, self.children, self.parent, self.ino
+        first_link: dict[object, int] = {}
         stack = [1]
         while stack:
             index = stack.pop()
-            kids = self.nodes[index - 1].sorted_children()
-            first = len(self.nodes) + 1
-            self.nodes.extend(kids)
-            self.children[index] = (first, len(kids))
-            for n in range(len(kids)):
-                self.parent[first + n] = index
-            stack.extend(first + n for n in reversed(range(len(kids))) if kids[n].is_dir)
-        self.ino = self._hardlink_inos()
+            kids = self._list_children(nodes[index - 1])
+            first = len(nodes) + 1
+            nodes.extend(kids)
+            children[index] = (first, len(kids))
+            dirs = []
+            for n, kid in enumerate(kids, first):
+                parent[n] = index
+                key = kid.link_key
+                ino[n] = n if key is None or not kid.is_reg else first_link.setdefault(key, n)
+                if kid.is_dir:
+                    dirs.append(n)
+                yield n, kid
+            stack.extend(reversed(dirs))
 
     def node(self, index: int) -> SourceEntry:
         return self.nodes[index - 1]
 
     def indices(self) -> range:
         return range(1, len(self.nodes) + 1)
-
-    def _hardlink_inos(self) -> dict[int, int]:
-        first: dict[object, int] = {}
-        ino: dict[int, int] = {}
-        for index in self.indices():
-            key = self.node(index).link_key
-            if key is None or not self.node(index).is_reg:
-                ino[index] = index
-            else:
-                ino[index] = first.setdefault(key, index)
-        return ino
 
 
 @dataclass
@@ -131,10 +146,15 @@ def build(
     opts: BuildOptions,
     writer: BlobWriter,
     chunk_dict: ChunkDict | None = None,
+    list_children: ListChildren = SourceEntry.sorted_children,
 ) -> BuildResult:
-    """Store remaining content through `writer` and lay out the bootstrap."""
+    """Store remaining content through `writer` and lay out the bootstrap.
+
+    The tree below `root` is listed by `list_children` as it is laid out; by default it
+    is the tree already in `root.children`.
+    """
     with gc_paused():
-        return _build(root, opts, writer, chunk_dict)
+        return _build(Layout(root, list_children), opts, writer, chunk_dict)
 
 
 @contextmanager
@@ -154,12 +174,11 @@ def gc_paused() -> Iterator[None]:
 
 
 def _build(
-    root: SourceEntry, opts: BuildOptions, writer: BlobWriter, chunk_dict: ChunkDict | None
+    layout: Layout, opts: BuildOptions, writer: BlobWriter, chunk_dict: ChunkDict | None
 ) -> BuildResult:
-    layout = Layout(root)
     _store_content(layout, writer)
     new_blob = writer.finish()
-    blobs, remap = _blob_table(layout, chunk_dict, new_blob)
+    blobs, remap = _blob_table(layout, chunk_dict, writer, new_blob)
     inodes = _inodes(layout, opts, remap)
     boot = Bootstrap(
         version=5,
@@ -184,11 +203,12 @@ def _build(
 
 
 def _store_content(layout: Layout, writer: BlobWriter) -> None:
-    todo: list[tuple[int, Path, int]] = []
-    for index in layout.indices():
-        node = layout.node(index)
-        if node.is_reg and node.chunks is None and layout.ino[index] == index:
-            todo.append((index, _content_path(node), node.size))
+    """Grow the layout and store the content it finds, in index order, as it is found."""
+    todo = (
+        (index, _content_path(node), node.size)
+        for index, node in layout.grow()
+        if node.chunks is None and node.is_reg and layout.ino[index] == index
+    )
     for index, chunks in writer.add_files(todo):
         layout.node(index).chunks = chunks
     for index in layout.indices():
@@ -197,18 +217,20 @@ def _store_content(layout: Layout, writer: BlobWriter) -> None:
             layout.node(index).chunks = layout.node(first).chunks
 
 
-def _content_path(node: SourceEntry) -> Path:
+def _content_path(node: SourceEntry) -> bytes:
     if node.path is None:
         raise BuildError(f"regular file {node.name!r} has neither content nor chunks")
     return node.path
 
 
 def _blob_table(
-    layout: Layout, chunk_dict: ChunkDict | None, new_blob: BlobInfo | None
+    layout: Layout, chunk_dict: ChunkDict | None, writer: BlobWriter, new_blob: BlobInfo | None
 ) -> tuple[list[BlobInfo], dict[int, int]]:
     """Dictionary blobs actually used (in dictionary order), then the new blob."""
-    used = {c.blob_index for n in layout.nodes if n.chunks for c in n.chunks}
     dict_blobs = chunk_dict.blobs if chunk_dict else []
+    used = (
+        {c.blob_index for n in layout.nodes if n.chunks for c in n.chunks} if dict_blobs else set()
+    )
     blobs: list[BlobInfo] = []
     remap: dict[int, int] = {}
     for i, blob in enumerate(dict_blobs):
@@ -216,52 +238,73 @@ def _blob_table(
             remap[i] = len(blobs)
             blobs.append(blob)
     if new_blob is not None:
-        remap[NEW_BLOB] = len(blobs)
+        remap[writer.blob_index] = len(blobs)
         blobs.append(new_blob)
     return blobs, remap
 
 
+def _blobs_used(layout: Layout) -> set[int]:
+    return {c.blob_index for n in layout.nodes if n.chunks for c in n.chunks}
+
+
 def _inodes(layout: Layout, opts: BuildOptions, remap: dict[int, int]) -> dict[int, Inode]:
-    inodes: dict[int, Inode] = {}
-    link_count: dict[int, int] = {}
-    for index in layout.indices():
-        link_count[layout.ino[index]] = link_count.get(layout.ino[index], 0) + 1
-    for index in reversed(layout.indices()):  # children before parents: digests go up
-        inodes[index] = _inode(layout, index, opts, remap, inodes, link_count)
-    return dict(sorted(inodes.items()))
+    """Every inode, children before parents (digests go up); one pass, run once per entry."""
+    nodes, ino, parent, children = layout.nodes, layout.ino, layout.parent, layout.children
+    link_count = collections.Counter(ino.values())
+    digest_of = opts.digester.function()
+    moved = any(old != new for old, new in remap.items())
+    done: list[Inode] = [None] * (len(nodes) + 1)  # type: ignore[list-item]
+    for index in range(len(nodes), 0, -1):
+        node = nodes[index - 1]
+        mode = node.mode
+        first, count = children[index] if S_ISDIR(mode) else (0, 0)
+        chunks = node.chunks or ()
+        if moved:
+            chunks = tuple(_placed(c, remap[c.blob_index]) for c in chunks)
+        if S_ISDIR(mode):
+            size, nlink, digest = _dir_fields(done[first : first + count], digest_of)
+        elif S_ISREG(mode):
+            size, nlink = node.size, link_count[ino[index]]
+            digest = digest_of(b"".join([c.digest for c in chunks]))
+        elif S_ISLNK(mode):
+            if not node.symlink:
+                raise BuildError(f"symlink {node.name!r} has an empty target")
+            size, nlink, digest = len(node.symlink), 1, digest_of(node.symlink)
+        else:
+            size, nlink, digest = 0, 1, digest_of(b"")
+        xattrs = dict(sorted(node.xattrs.items())) if node.xattrs else {}
+        xattr_bytes = sum(4 + len(k) + 1 + len(v) for k, v in xattrs.items()) if xattrs else 0
+        done[index] = Inode(
+            index,
+            ino[index],
+            ino.get(parent[index], 0),
+            node.name,
+            mode,
+            node.uid if opts.explicit_uidgid else 0,
+            node.gid if opts.explicit_uidgid else 0,
+            size,
+            -(-(size + L.align8(xattr_bytes)) // 512),  # blocks
+            nlink,
+            node.rdev,
+            0 if index == 1 else node.mtime,
+            0 if index == 1 else node.mtime_nsec,
+            0,  # flags
+            digest,
+            node.symlink if S_ISLNK(mode) else None,
+            xattrs,
+            chunks,
+            tuple(range(first, first + count)),
+            first,  # child_index: 0 for all but directories
+        )
+    return {index: done[index] for index in range(1, len(nodes) + 1)}
 
 
-def _inode(
-    layout: Layout,
-    index: int,
-    opts: BuildOptions,
-    remap: dict[int, int],
-    done: dict[int, Inode],
-    link_count: dict[int, int],
-) -> Inode:
-    node = layout.node(index)
-    first, count = layout.children[index] if node.is_dir else (0, 0)
-    kids = [done[i] for i in range(first, first + count)]
-    chunks = tuple(_placed(c, remap[c.blob_index]) for c in node.chunks or ())
-    inode = Inode(
-        index=index,
-        ino=layout.ino[index],
-        parent=layout.ino.get(layout.parent[index], 0),
-        name=node.name,
-        mode=node.mode,
-        uid=node.uid if opts.explicit_uidgid else 0,
-        gid=node.gid if opts.explicit_uidgid else 0,
-        rdev=node.rdev,
-        mtime=0 if index == 1 else node.mtime,
-        mtime_nsec=0 if index == 1 else node.mtime_nsec,
-        symlink=node.symlink if stat.S_ISLNK(node.mode) else None,
-        xattrs=dict(sorted(node.xattrs.items())),
-        chunks=chunks,
-        children=tuple(range(first, first + count)),
-        child_index=first if node.is_dir else 0,
-    )
-    _derive(inode, node, kids, link_count, opts.digester)
-    return inode
+def _dir_fields(kids: list[Inode], digest_of: Callable[[bytes], bytes]) -> tuple[int, int, bytes]:
+    """A directory's size (its dirents, in 4 KiB blocks), link count and digest."""
+    names = sum([len(k.name) for k in kids]) + 8 * len(kids)
+    size = max(4096, -(-names // 4096) * 4096)
+    nlink = 2 + sum([1 for k in kids if S_ISDIR(k.mode)])
+    return size, nlink, digest_of(b"".join([k.digest for k in kids]))
 
 
 def _placed(c: ChunkInfo, blob_index: int) -> ChunkInfo:
@@ -282,31 +325,9 @@ def _placed(c: ChunkInfo, blob_index: int) -> ChunkInfo:
     )
 
 
-def _derive(
-    inode: Inode, node: SourceEntry, kids: list[Inode], link_count: dict[int, int], h: Digester
-) -> None:
-    if inode.is_dir:
-        names = sum(len(k.name) + 8 for k in kids)
-        inode.size = max(4096, -(-names // 4096) * 4096)
-        inode.nlink = 2 + sum(1 for k in kids if k.is_dir)
-        inode.digest = h.hash(b"".join(k.digest for k in kids))
-    elif inode.is_reg:
-        inode.size = node.size
-        inode.nlink = link_count[inode.ino]
-        inode.digest = h.hash(b"".join(c.digest for c in inode.chunks))
-    elif inode.is_symlink:
-        inode.symlink = inode.symlink or b""
-        if not inode.symlink:
-            raise BuildError(f"symlink {node.name!r} has an empty target")
-        inode.size = len(inode.symlink)
-        inode.digest = h.hash(inode.symlink)
-    else:
-        inode.digest = h.hash(b"")
-    xattr_bytes = sum(4 + len(k) + 1 + len(v) for k, v in inode.xattrs.items())
-    inode.blocks = -(-(inode.size + L.align8(xattr_bytes)) // 512)
-
-
 def _prefetch(layout: Layout, files: tuple[str, ...]) -> list[int]:
+    if not files:
+        return []
     by_path = {path: index for index, path in _paths(layout)}
     found: list[int] = []
     for name in files:
@@ -334,4 +355,7 @@ def writer_for(blob_dir: Path, opts: BuildOptions, chunk_dict: ChunkDict | None)
         compressor=opts.compressor,
         digester=opts.digester,
         known=chunk_dict.chunks if chunk_dict else None,
+        # Without dictionary blobs the new blob is the image's first: its chunks are
+        # placed there from the start and need no second record made for them.
+        blob_index=NEW_BLOB if chunk_dict and chunk_dict.blobs else 0,
     )

@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._blobwriter import BlobWriter
-from ._builder import BuildOptions, BuildResult, ChunkDict, build, writer_for
-from ._dirimport import import_directory
+from ._builder import (
+    BuildOptions,
+    BuildResult,
+    ChunkDict,
+    ListChildren,
+    build,
+    gc_paused,
+    writer_for,
+)
+from ._dirimport import directory_root, list_directory
 from ._errors import BuildError
 from ._load import load_bootstrap
 from ._source import SourceEntry
@@ -33,6 +41,11 @@ class CreateRequest:
 
 
 def create_image(req: CreateRequest) -> BuildResult:
+    with gc_paused():  # the collector would re-walk the build's objects, none in cycles
+        return _create(req)
+
+
+def _create(req: CreateRequest) -> BuildResult:
     if not req.source.exists():
         raise BuildError(f"source not found: {req.source}")
     req.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -40,8 +53,8 @@ def create_image(req: CreateRequest) -> BuildResult:
     writer = writer_for(req.blob_dir, req.options, chunk_dict)
     writer.on_bytes = req.on_bytes
     try:
-        root = _import(req.source, writer)
-        result = build(root, req.options, writer, chunk_dict)
+        root, list_children = _import(req.source, writer)
+        result = build(root, req.options, writer, chunk_dict, list_children)
         write_atomically(req.bootstrap, dump_v5(result.bootstrap))
     except BaseException:
         writer.abort()
@@ -56,16 +69,22 @@ def _chunk_dict(req: CreateRequest) -> ChunkDict | None:
     return ChunkDict.from_bootstraps(boots, req.options.digester)
 
 
-def _import(source: Path, writer: BlobWriter) -> SourceEntry:
+def _import(source: Path, writer: BlobWriter) -> tuple[SourceEntry, ListChildren]:
+    """The root of the source and how the builder lists the tree below it.
+
+    A directory is walked by the builder as it lays the image out, so its content is
+    stored while the walk goes on; tar layers are read here, whole, as they stream.
+    """
     if source.is_dir():
         from ._tarimport import import_oci_layout, is_oci_layout
 
         if is_oci_layout(source):
-            return import_oci_layout(source, writer)
-        return import_directory(source)
+            return import_oci_layout(source, writer), SourceEntry.sorted_children
+        return directory_root(source), list_directory
     from ._tarimport import import_tar
 
-    return import_tar(source, writer, keep_whiteouts=True)  # a layer: merge applies them
+    tree = import_tar(source, writer, keep_whiteouts=True)  # a layer: merge applies them
+    return tree, SourceEntry.sorted_children
 
 
 def write_atomically(path: Path, data: bytes) -> None:

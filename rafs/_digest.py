@@ -33,10 +33,24 @@ class Digester(enum.Enum):
             return blake3.blake3(data, max_threads=1).digest()
         return hashlib.sha256(data).digest()
 
+    def function(self) -> Callable[[bytes], bytes]:
+        """`hash` without its per-call dispatch, for loops over many chunks."""
+        if self is Digester.BLAKE3:
+            return _blake3_digest
+        return _sha256_digest
+
     def hasher(self) -> _Hasher:
         if self is Digester.BLAKE3:
             return blake3.blake3()
         return hashlib.sha256()
+
+
+def _blake3_digest(data: bytes) -> bytes:
+    return blake3.blake3(data, max_threads=1).digest()
+
+
+def _sha256_digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 class Compressor(enum.Enum):

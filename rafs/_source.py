@@ -4,7 +4,8 @@ Importers (a directory on disk, tar layers, an OCI image layout) produce a tree 
 `SourceEntry`. A regular file's content is either still to be read (`path`), or was
 already cut into chunks by the importer through a `ChunkSink` (tar streams cannot be
 read twice, so their content is stored as it passes). Either way the builder ends up
-with the same `ChunkInfo` list per file.
+with the same `ChunkInfo` list per file. A directory on disk need not be read into a
+tree first: the builder can list it as it lays the image out (`build(list_children=...)`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from ._model import ChunkInfo
@@ -44,7 +44,7 @@ class SourceEntry:
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     # Regular files only. Names with the same non-None `link_key` are one hardlinked inode.
     link_key: object | None = None
-    path: Path | None = None  # content still to read from here ...
+    path: bytes | None = None  # on disk: content still to read from here ...
     chunks: tuple[ChunkInfo, ...] | None = None  # ... or already stored
     children: dict[bytes, SourceEntry] = field(default_factory=dict)
 
