@@ -97,6 +97,8 @@ class BlobWriter:
         self.reused_bytes = 0
         self.dict_chunks = 0  # of the reused ones, those found in the chunk dictionary
         self._made: Path | None = None
+        self.settle_later = False  # finish without waiting for the blob to be synced
+        self._settling: Future[None] | None = None
 
     # --- ChunkSink ---------------------------------------------------------------------
 
@@ -226,28 +228,45 @@ class BlobWriter:
     # --- the end -----------------------------------------------------------------------
 
     def finish(self) -> BlobInfo | None:
-        """Close the blob and name it by its sha256; None if no new chunk was stored."""
+        """Close the blob and name it by its sha256; None if no new chunk was stored.
+
+        With `settle_later` set, the blob is synced and renamed on the file thread while
+        the caller goes on (laying out the bootstrap); `settle` waits for that.
+        """
         self._pool.shutdown()
-        self._disk.shutdown()
         while self._writes:
             self._writes.popleft().result()
+        info = None
+        if self.chunk_count:
+            info = BlobInfo(
+                blob_id=self._sha256.hexdigest(),
+                chunk_count=self.chunk_count,
+                uncompressed_size=self.uncompressed_size,
+                compressed_size=self.compressed_size,
+            )
+        self._settling = self._disk.submit(self._put_in_place, info)
+        self._disk.shutdown(wait=False)
+        if not self.settle_later:
+            self.settle()
+        return info
+
+    def settle(self) -> None:
+        """Wait until the blob `finish` named is synced to disk and renamed into place."""
+        if self._settling is None:
+            raise RuntimeError("settle before finish")
+        self._settling.result()
+
+    def _put_in_place(self, info: BlobInfo | None) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        if self.chunk_count == 0:
+        if info is None:
             os.unlink(self._file.name)
-            return None
-        blob_id = self._sha256.hexdigest()
-        final = self.blob_dir / blob_id
+            return
+        final = self.blob_dir / info.blob_id
         if not final.exists():
             self._made = final  # ours to remove again if the build fails after this
         os.replace(self._file.name, final)
-        return BlobInfo(
-            blob_id=blob_id,
-            chunk_count=self.chunk_count,
-            uncompressed_size=self.uncompressed_size,
-            compressed_size=self.compressed_size,
-        )
 
     def abort(self) -> None:
         """Drop everything written; nothing is left in the blob dir."""

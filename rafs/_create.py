@@ -53,9 +53,12 @@ def _create(req: CreateRequest) -> BuildResult:
     writer = writer_for(req.blob_dir, req.options, chunk_dict)
     writer.on_bytes = req.on_bytes
     try:
+        writer.settle_later = True  # the blob syncs while the bootstrap is laid out ...
         root, list_children = _import(req.source, writer)
         result = build(root, req.options, writer, chunk_dict, list_children)
-        write_atomically(req.bootstrap, dump_v5(result.bootstrap))
+        bootstrap = dump_v5(result.bootstrap)
+        writer.settle()  # ... and is in place before the bootstrap naming it is
+        write_atomically(req.bootstrap, bootstrap)
     except BaseException:
         writer.abort()
         raise

@@ -7,7 +7,7 @@ table, blob table, extended blob table, then the inode records in index order), 
 
 from __future__ import annotations
 
-import stat
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from . import _v5layout as L
 from ._model import Bootstrap, ChunkInfo, Inode
@@ -51,7 +51,7 @@ def dump_v5(boot: Bootstrap) -> bytes:
 
 def _inodes_count(boot: Bootstrap) -> int:
     """Root, every non-regular entry, one per distinct regular inode (§11.3)."""
-    return len({(i.ino if i.is_reg else -i.index) for i in boot.inodes.values()})
+    return len({(i.ino if S_ISREG(i.mode) else -i.index) for i in boot.inodes.values()})
 
 
 def _blob_table(boot: Bootstrap) -> bytes:
@@ -80,31 +80,39 @@ def _records(boot: Bootstrap, start: int) -> tuple[bytes, list[int]]:
 
 
 def encode_inode(inode: Inode) -> bytes:
-    child_index, child_count = _child_fields(inode)
+    """One inode record; it runs once per entry of an image, so it is written for speed."""
+    mode = inode.mode
+    name = inode.name
+    symlink = inode.symlink or b""
     flags = inode.flags | (L.INODE_XATTR if inode.xattrs else 0)
-    flags |= L.INODE_SYMLINK if stat.S_ISLNK(inode.mode) else 0
-    header = L.INODE.pack(
+    if S_ISDIR(mode):
+        child_index = inode.children[0] if inode.children else inode.child_index
+        child_count = len(inode.children)
+    else:
+        child_index, child_count = 0, len(inode.chunks) if S_ISREG(mode) else 0
+        flags |= L.INODE_SYMLINK if S_ISLNK(mode) else 0
+    header = _pack_inode(
         inode.digest,
         inode.parent,
         inode.ino,
         inode.uid,
         inode.gid,
         0,
-        inode.mode,
+        mode,
         inode.size,
         inode.blocks,
         flags,
         inode.nlink,
         child_index,
         child_count,
-        len(inode.name),
-        len(inode.symlink or b""),
+        len(name),
+        len(symlink),
         inode.rdev & 0xFFFFFFFF,
         inode.mtime_nsec,
         inode.mtime,
         b"",
     )
-    parts = [header, L.pad8(inode.name), L.pad8(inode.symlink or b"")]
+    parts = [header, name, _ZEROS[-len(name) & 7], symlink, _ZEROS[-len(symlink) & 7]]
     if inode.xattrs:
         pairs = encode_xattr_pairs(inode.xattrs)
         parts += [L.U64.pack(len(pairs)), L.pad8(pairs)]
@@ -112,13 +120,8 @@ def encode_inode(inode: Inode) -> bytes:
     return b"".join(parts)
 
 
-def _child_fields(inode: Inode) -> tuple[int, int]:
-    if inode.is_dir:
-        first = inode.children[0] if inode.children else inode.child_index
-        return first, len(inode.children)
-    if inode.is_reg:
-        return 0, len(inode.chunks)
-    return 0, 0
+_pack_inode = L.INODE.pack
+_ZEROS = [b"\0" * n for n in range(8)]  # padding to the next multiple of 8, by its length
 
 
 def _chunk(c: ChunkInfo) -> bytes:
