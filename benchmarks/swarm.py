@@ -410,7 +410,8 @@ def wait_ready(lab: Lab, name: str, mount: Path | None, process: subprocess.Pope
 def daemon_metrics(lab: Lab, name: str) -> dict[str, float]:
     text = lab.get(name, f"http://{lab.hosts[name].ip}:{PEER_PORT}/metrics") or ""
     wanted = ("origin_bytes_total", "peer_bytes_in_total", "peer_bytes_out_total",
-              "digest_mismatches_total", "parent_failures_total")  # fmt: skip
+              "digest_mismatches_total", "parent_failures_total", "supernode_lost_total",
+              "mesh_bypassed_chunks_total", "schedule_requests_total")  # fmt: skip
     found = {}
     for line in text.splitlines():
         metric, _, value = line.partition(" ")

@@ -121,6 +121,8 @@ class MeshSource:
         found: dict[int, FetchedChunk] = {}
         if entry is not None and self.mesh.session.registered:
             found = await _Fetch(self.mesh, blob, entry, wanted).run()
+        else:
+            self.mesh.metrics.mesh_bypassed.inc(len(wanted))
         missing = [info for index, info in wanted.items() if index not in found]
         if missing:
             for chunk in await self._from_origin(blob, missing):

@@ -62,6 +62,14 @@ class PeerMetrics:
             "distinct chunks announced since the last registration",
             registry=r,
         )
+        self.supernode_lost = Counter(
+            "dfdaemon_supernode_lost", "times the supernode failed or forgot this peer", registry=r
+        )
+        self.mesh_bypassed = Counter(
+            "dfdaemon_mesh_bypassed_chunks",
+            "chunks read from the origin without asking the mesh (not registered, no chunk table)",
+            registry=r,
+        )
         self.registered = Gauge(
             "dfdaemon_supernode_registered", "1 while registered with the supernode", registry=r
         )

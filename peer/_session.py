@@ -123,6 +123,7 @@ class SupernodeSession:
         """The supernode is gone or forgot us: stop relying on it and register again."""
         if self._registered:
             log.warning("lost the supernode %s: %s", self.client.url, reason)
+            self.metrics.supernode_lost.inc()
         self._registered = False
         self.metrics.registered.set(0)
         self._wake.set()

@@ -157,6 +157,8 @@ def test_with_the_supernode_killed_peers_read_from_the_origin_and_register_again
     read_all(a, image, ["random-1", "random-2", "text-1"])
     assert time.monotonic() - started < 10
     assert a.metric("dfdaemon_supernode_registered") == 0
+    assert a.metric("dfdaemon_supernode_lost_total") >= 1
+    assert a.metric("dfdaemon_mesh_bypassed_chunks_total") > 0
     cluster.start_supernode(port)
     wait_for("a to register again", a.registered, 15)
     held = a.wait_announced(image.blob_ids)
