@@ -191,6 +191,27 @@ class BlobCache:
             with files:
                 return [files.read_by_record(record) for record in records]
 
+    def lease_indexed(self, blob_id: str, records: Sequence[ChunkRecord]) -> ChunkLease:
+        """Hold the chunks `read_indexed` would serve, for sending straight from the file.
+
+        The lease names the records whose bits are set and whose records read the same, and
+        keeps a shared lock on every record's span (and the blob pinned) until `close`: no
+        writer in any process can clear those bits or overwrite those bytes meanwhile.
+        Blocks while a writer holds a span; `close` may be called from any thread.
+        """
+        stack = ExitStack()
+        try:
+            stack.enter_context(self._pins.held(blob_id))
+            files = self._open_files(blob_id, write=False)
+            if files is None:
+                stack.close()
+                return ChunkLease(-1, [], stack)
+            stack.enter_context(files)
+            return ChunkLease(files.data_fd, files.hold_verified(records, stack), stack)
+        except BaseException:
+            stack.close()
+            raise
+
     def _present(self, blob_id: str, indices: Sequence[int]) -> set[int]:
         chunk_map = ChunkMap.open(self.map_path(blob_id), writable=False)
         if chunk_map is None:
@@ -348,6 +369,18 @@ class _BlobFiles:
                 return None
             return _pread_all(self.data_fd, record.compressed_size, record.compressed_offset)
 
+    def hold_verified(self, records: Sequence[ChunkRecord], stack: ExitStack) -> list[ChunkRecord]:
+        """The records `read_by_record` would serve; every span's shared lock is left on
+        `stack` (taken in ascending order, like every holder of several range locks)."""
+        verified: set[int] = set()
+        for record in sorted(records, key=lambda r: r.compressed_offset):
+            start, length = record.compressed_offset, max(1, record.compressed_size)
+            lock_range(self.data_fd, start, length, exclusive=False)
+            stack.callback(unlock_range, self.data_fd, start, length)
+            if self.chunk_map.has(record.index) and self._record(record.index) == record:
+                verified.add(record.index)
+        return [record for record in records if record.index in verified]
+
     def _record(self, index: int) -> ChunkRecord | None:
         try:
             fd = os.open(self.index_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -398,6 +431,25 @@ class _BlobFiles:
             for start, end in _merged_spans(infos):
                 stack.enter_context(locked(self.data_fd, start, end - start, exclusive=True))
             yield
+
+
+class ChunkLease:
+    """Chunks of one blob held verified (`BlobCache.lease_indexed`): `records` may be sent
+    from `data_fd` at their offsets until `close`, which drops the locks and the files."""
+
+    def __init__(self, data_fd: int, records: list[ChunkRecord], stack: ExitStack) -> None:
+        self.data_fd = data_fd
+        self.records = records
+        self._stack = stack
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> ChunkLease:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class _Pins:
