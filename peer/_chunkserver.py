@@ -2,9 +2,15 @@
 
 Rule: a chunk leaves this server only if its bit is set in the cache's chunk map (it was
 verified when stored) and its index record still reads the same under the chunk's lock
-(`BlobCache.read_indexed`); nothing is served by path. Uploads are bounded twice: at most
-`capacity` requests at once (more get 503 with Retry-After) and, optionally, a token
-bucket on the bytes of every upload together. The wire format is in `_wire`.
+(`BlobCache.read_indexed`, or `lease_indexed` which keeps those locks while the chunk is
+sent); nothing is served by path. Uploads are bounded twice: at most `capacity` requests at
+once (more get 503 with Retry-After) and, optionally, a token bucket on the bytes of every
+upload together. The wire format is in `_wire`.
+
+Two ways out, the same bytes on the wire. Unpaced, a request's chunks are leased up front
+(one worker-thread call), the Content-Length is known, and payloads go by `sendfile`
+(`_chunksend`). Paced by the rate limit, frames are read a group at a time and written
+through aiohttp (chunked), so no lock is held while the limiter makes a request wait.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 
 from protocol import Codec, Frame, FrameFlags, encode_frame
-from rafs._cache import BlobCache
+from rafs._cache import BlobCache, ChunkLease
 from rafs._chunkmap import ChunkRecord
 from rafs._model import CHUNK_COMPRESSED
 
+from ._chunksend import frame_header, send_leased
 from ._metrics import PeerMetrics
 from ._ratelimit import RateLimiter
 from ._wire import (
@@ -102,7 +109,60 @@ async def serve_chunks(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, blob_id: str, start: int, end: int) -> web.StreamResponse:
-    """Frames of the present chunks; each is sent once the next is known (LAST on the end)."""
+    if request.app[UPLOADS].limiter is None:
+        return await _send_leased(request, blob_id, start, end)
+    return await _send_read(request, blob_id, start, end)
+
+
+async def _send_leased(
+    request: web.Request, blob_id: str, start: int, end: int
+) -> web.StreamResponse:
+    """The verified chunks, leased until sent, payloads by sendfile."""
+    with await _lease(request.app[CACHE], blob_id, start, end) as lease:
+        if not lease.records:
+            return _none_held(blob_id, start, end)
+        headers = _frame_headers(blob_id, lease.records)
+        return await send_leased(request, lease, headers, request.app[METRICS])
+
+
+async def _lease(cache: BlobCache, blob_id: str, start: int, end: int) -> ChunkLease:
+    """`lease_run` in a worker thread; a lease that arrives after we were cancelled is
+    closed, never left holding its locks."""
+    leasing = asyncio.ensure_future(asyncio.to_thread(lease_run, cache, blob_id, start, end))
+    try:
+        return await asyncio.shield(leasing)
+    except asyncio.CancelledError:
+        leasing.add_done_callback(_close_unwanted)
+        raise
+
+
+def lease_run(cache: BlobCache, blob_id: str, start: int, end: int) -> ChunkLease:
+    """The verified chunks of `[start, end)`, held (runs in a worker thread)."""
+    return cache.lease_indexed(blob_id, cache.chunk_records(blob_id, start, end))
+
+
+def _close_unwanted(leasing: asyncio.Future[ChunkLease]) -> None:
+    if not leasing.cancelled() and leasing.exception() is None:
+        leasing.result().close()
+
+
+def _frame_headers(blob_id: str, records: Sequence[ChunkRecord]) -> list[bytes]:
+    last = len(records) - 1
+    return [
+        frame_header(blob_id, r, _codec(r), FrameFlags.LAST if n == last else FrameFlags.NONE)
+        for n, r in enumerate(records)
+    ]
+
+
+def _none_held(blob_id: str, start: int, end: int) -> web.Response:
+    return error(404, "not_found", f"holds none of chunks [{start}, {end}) of blob {blob_id}")
+
+
+async def _send_read(
+    request: web.Request, blob_id: str, start: int, end: int
+) -> web.StreamResponse:
+    """Frames of the present chunks, read and paced; each is sent once the next is known
+    (LAST on the end)."""
     cache = request.app[CACHE]
     records = await asyncio.to_thread(cache.chunk_records, blob_id, start, end)
     response: web.StreamResponse | None = None
@@ -113,7 +173,7 @@ async def _stream(request: web.Request, blob_id: str, start: int, end: int) -> w
             await _send(request, response, held)
         held = frame
     if held is None:
-        return error(404, "not_found", f"holds none of chunks [{start}, {end}) of blob {blob_id}")
+        return _none_held(blob_id, start, end)
     response = response or await _prepare(request)
     last = Frame(held.blob_id, held.chunk_index, held.payload, held.codec, FrameFlags.LAST)
     await _send(request, response, last)
