@@ -2,16 +2,19 @@
 
 The origin is a blob directory, a backend named by a nydusd-style JSON config (registry,
 localfs, s3), or the registry an image reference points at. With a cache directory the
-verified local cache sits in front of it.
+verified local cache sits in front of it. A registry client presents the config's `auth`
+if it has one, else what `SourceOptions.credentials` finds for its host (`--creds`, then
+the Docker config file).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from rafs._create import write_atomically
 from rafs._nydusimage import bootstrap_layer, extract_bootstrap
 from rafs._oci import ImageReference
 from rafs._origin import OriginSource
-from rafs._registry import RegistryClient
+from rafs._regaccess import RegistryCredentials
 
 
 class ConfigError(RafsError):
@@ -39,8 +42,7 @@ class SourceOptions:
     validate: bool = False
     insecure: bool = False
     platform: str = "linux/amd64"
-    username: str | None = None
-    password: str | None = None
+    credentials: RegistryCredentials = field(default_factory=RegistryCredentials)
 
 
 Counters = Callable[[], dict[str, float]]
@@ -107,12 +109,22 @@ def backend_from_config(backend: dict[str, Any], opts: SourceOptions) -> BlobBac
 
 
 def _registry_backend(config: dict[str, Any], opts: SourceOptions) -> BlobBackend:
-    user, password = opts.username, opts.password
-    if config.get("auth"):
-        user, _, password = base64.b64decode(config["auth"]).decode().partition(":")
     insecure = opts.insecure or config.get("scheme") == "http" or bool(config.get("skip_verify"))
-    client = RegistryClient(config["host"], insecure=insecure, username=user, password=password)
+    credentials = opts.credentials
+    if config.get("auth"):
+        credentials = RegistryCredentials(every_host=_config_auth(config["auth"]))
+    client = credentials.client(config["host"], insecure=insecure)
     return RegistryBackend(client, config["repo"], own_client=True)
+
+
+def _config_auth(auth: str) -> tuple[str, str]:
+    try:
+        user, _, password = base64.b64decode(auth, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        user = password = ""
+    if not user:
+        raise ConfigError("the registry backend's auth is not base64 of USER:PASSWORD")
+    return user, password
 
 
 def _s3_backend(config: dict[str, Any]) -> BlobBackend:
@@ -134,9 +146,7 @@ def _s3_backend(config: dict[str, Any]) -> BlobBackend:
 async def open_image(reference: str, opts: SourceOptions) -> tuple[Path, BlobBackend]:
     """Fetch the bootstrap of a Nydus image; the backend reads its blobs from the registry."""
     ref = ImageReference.parse(reference)
-    client = RegistryClient(
-        ref.registry, insecure=opts.insecure, username=opts.username, password=opts.password
-    )
+    client = opts.credentials.client(ref.registry, insecure=opts.insecure)
     try:
         manifest = await client.get_manifest(ref.repository, ref.ref, platform=opts.platform)
         layer = bootstrap_layer(manifest)

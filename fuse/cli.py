@@ -1,11 +1,13 @@
 """`nydusd`: mount a Nydus image and fetch its chunks only when they are read.
 
     nydusd --bootstrap FILE (--blob-dir DIR | --backend-config FILE) --mountpoint DIR
-    nydusd --image REF --mountpoint DIR [--insecure]
+    nydusd --image REF --mountpoint DIR [--insecure] [--creds USER:PASSWORD]
 
 Chunks come from the local verified cache, else from the origin (a directory of blobs,
-an OCI registry, S3-compatible storage), every one checked against its digest. Runs in
-the foreground until SIGINT/SIGTERM, then unmounts.
+an OCI registry, S3-compatible storage), every one checked against its digest. A registry
+is asked with `--creds`, else with the Docker config's entry for its host
+(`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, as `docker login` writes it).
+Runs in the foreground until SIGINT/SIGTERM, then unmounts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import uvloop
 
 from rafs import RafsError
 from rafs._load import load_bootstrap
+from rafs._regaccess import RegistryCredentials, parse_credentials
 
 from ._daemon import Daemon, DaemonConfig
 from ._prefetch import all_chunks, files_under, unique_chunks
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validate", action="store_true", help="re-verify cached chunks on every read")
     p.add_argument("--apisock", type=Path, help="unix socket for the state and metrics API")
     p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
+    p.add_argument("--creds", metavar="USER:PASSWORD",
+                   help="registry credentials (default: the Docker config's)")  # fmt: skip
     p.add_argument("--platform", default="linux/amd64", help="platform in an image index")
     p.add_argument(
         "--no-allow-other", action="store_true", help="only the mounting user sees files"
@@ -102,6 +107,7 @@ async def _run(args: argparse.Namespace) -> None:
         validate=args.validate,
         insecure=args.insecure,
         platform=args.platform,
+        credentials=_credentials(args.creds),
     )
     if args.image:
         boot_path, backend = await open_image(args.image, opts)
@@ -128,6 +134,11 @@ async def _run(args: argparse.Namespace) -> None:
         await Daemon(config).run()
     finally:
         await source.close()
+
+
+def _credentials(creds: str | None) -> RegistryCredentials:
+    every_host = parse_credentials(creds, "--creds") if creds else None
+    return RegistryCredentials(every_host=every_host)
 
 
 if __name__ == "__main__":
