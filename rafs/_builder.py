@@ -163,6 +163,8 @@ def gc_paused() -> Iterator[None]:
 
     A build makes a few objects per inode and chunk, none in cycles; with the collector
     on, it walked that growing heap again and again: 40% of the main thread on /usr/share.
+    Afterwards the objects made meanwhile are moved to the oldest generation (freeze,
+    then unfreeze), or the first young collection would walk every one of them once more.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -170,6 +172,8 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
