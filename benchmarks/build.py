@@ -398,6 +398,8 @@ def print_report(report: dict[str, Any]) -> None:
             f"{r['name']:<12} {r['median_s']:>9.2f} {r['mb_per_s']:>8.1f}"
             f" {r['median_cpu_s']:>8.2f} {r['output_bytes'] / MB:>10.1f}"
         )
+    load = report["load_avg"]
+    print(f"load average before/after: {load['before']} / {load['after']}")
     for key, value in report["ratios"].items():
         print(f"{key}: {value}")
     for key, value in report["dedup"].items():
@@ -413,13 +415,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if stats.bytes == 0:
             raise BenchmarkError(f"no readable file content under {args.tree}")
         warm(tree)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         results = measure(tree, work, stats.bytes, args.runs, args.timeout)
+        load_after = [round(x, 2) for x in os.getloadavg()]
         check_ours(work / "out-nydus-image", args.timeout)
         report = {
             "argv": sys.argv,
             "machine": machine(),
             "tree": asdict(stats),
             "runs": args.runs,
+            # 1/5/15-minute load averages around the timed runs: on a shared machine
+            # they say how far the wall times can be trusted
+            "load_avg": {"before": load_before, "after": load_after},
             "page_cache": "warm (tree read once before timing)",
             "checked": "nydus-image check passed on the timed image",
             "tools": {n: asdict(r) for n, r in results.items()},
