@@ -43,7 +43,10 @@ class PreparedMount:
 
 async def prepare_mount(node: PeerNode, spec: MountSpec, number: int) -> PreparedMount:
     """Fetch the image's bootstrap, add its blobs to the catalog, build the read stack."""
-    opts = SourceOptions(cache_dir=node.options.data_dir, insecure=node.options.insecure)
+    options = node.options
+    opts = SourceOptions(
+        cache_dir=options.data_dir, insecure=options.insecure, credentials=options.credentials
+    )
     boot_path, backend = await open_image(spec.reference, opts)
     try:
         if not isinstance(backend, RegistryBackend):

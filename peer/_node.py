@@ -52,7 +52,7 @@ class PeerNode:
             self.cache.close()
             raise
         self.catalog = BlobCatalog(options.data_dir / "blobs")
-        self.origins = OriginPool(options.data_dir / "seed-bootstraps")
+        self.origins = OriginPool(options.data_dir / "seed-bootstraps", options.credentials)
         self.client = SupernodeClient(options.supernode, options.token)
         multiaddrs = self.p2p.addrs if self.p2p is not None else ()
         self.registration = _registration(options, port, multiaddrs)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from rafs._regaccess import RegistryCredentials
+
 from ._errors import UsageError
 from ._mesh import MeshConfig
 
@@ -52,6 +54,7 @@ class DaemonOptions:
     cache_dir: Path | None = None
     cache_size: int | None = None
     insecure: bool = False
+    credentials: RegistryCredentials = field(default_factory=RegistryCredentials)  # per host
     mirror: tuple[str, int] | None = None  # registry mirror HOST:PORT
     mirror_upstream: str | None = None  # its upstream when a request names none (ns=)
     p2p_listen: str | None = None  # libp2p multiaddr, e.g. /ip4/127.0.0.1/tcp/0

@@ -14,7 +14,9 @@ hands out origin URLs as opaque strings, so no message changes. A URL without th
 fragment names a blob whose chunks no one here can verify: `ChunkTableMissing`.
 
 Rule: one `RegistryClient` per registry, one `OriginSource` per repository, each closed
-with the pool; bootstraps are kept under `bootstrap_dir` by digest and loaded once.
+with the pool; bootstraps are kept under `bootstrap_dir` by digest and loaded once. A
+client presents what `credentials` finds for its host when it is made (`--registry-creds`,
+then the Docker config file).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rafs._create import write_atomically
 from rafs._load import load_bootstrap
 from rafs._nydusimage import extract_bootstrap
 from rafs._origin import OriginSource
+from rafs._regaccess import RegistryCredentials
 from rafs._registry import RegistryClient
 
 from ._catalog import BlobEntry, entries_from_bootstrap
@@ -69,21 +72,16 @@ class RegistryBlobUrl:
 class OriginPool:
     """Registry clients and origin sources by URL, and the bootstraps seeds need."""
 
-    def __init__(
-        self, bootstrap_dir: Path, username: str | None = None, password: str | None = None
-    ) -> None:
+    def __init__(self, bootstrap_dir: Path, credentials: RegistryCredentials | None = None) -> None:
         self.bootstrap_dir = bootstrap_dir
-        self.username = username
-        self.password = password
+        self.credentials = credentials or RegistryCredentials()
         self._clients: dict[str, RegistryClient] = {}
         self._sources: dict[tuple[str, str], OriginSource] = {}
         self._bootstraps: dict[str, asyncio.Task[Bootstrap]] = {}
 
     def client(self, base_url: str) -> RegistryClient:
         if base_url not in self._clients:
-            self._clients[base_url] = RegistryClient(
-                base_url, username=self.username, password=self.password
-            )
+            self._clients[base_url] = self.credentials.client(base_url)
         return self._clients[base_url]
 
     def source(self, url: RegistryBlobUrl) -> OriginSource:

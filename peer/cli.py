@@ -2,6 +2,7 @@
 
     dfdaemon --supernode URL --listen ADDR --data-dir DIR [--token T] [--seed]
              [--upload-limit RATE] [--mount REF:MOUNTPOINT]
+             [--registry-creds HOST=USER:PASSWORD]
              [--mirror HOST:PORT [--mirror-upstream URL]]
              [--p2p-listen MULTIADDR] [--transport http|libp2p]
 
@@ -11,6 +12,11 @@ With `--seed` it takes seed tasks: chunks fetched from the origin for others. Wi
 `--p2p-listen` it serves the same chunks over libp2p too (`/nydus-mesh/chunk/1`), and
 `--transport libp2p` fetches over libp2p from parents that offer it. Runs in the
 foreground until SIGINT/SIGTERM. Every failure is one line on stderr and a non-zero exit.
+
+Every registry client (a mount's, a seed's) presents the credentials for its host:
+`--registry-creds HOST=USER:PASSWORD` (repeatable), else the Docker config's `auths` entry
+(`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`), looked up when the client
+is made. A Docker config that cannot be read stops the daemon at start.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import uvloop
 
 from fuse.cli import parse_size
 from rafs import RafsError
+from rafs._regaccess import RegistryCredentials, parse_host_credentials
 
 from ._errors import PeerError, UsageError
 from ._options import DaemonOptions, MountSpec, parse_listen
@@ -58,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="chunk cache (default: DATA_DIR/cache)")
     p.add_argument("--cache-size", type=parse_size, help="cache size limit, e.g. 10G")
     p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
+    p.add_argument(
+        "--registry-creds", action="append", default=[], metavar="HOST=USER:PASSWORD",
+        help="credentials for a registry (default: the Docker config's for the host)",
+    )  # fmt: skip
     p.add_argument("--mirror", metavar="HOST:PORT", help="serve a pull-through registry mirror")
     p.add_argument("--mirror-upstream", metavar="URL",
                    help="the mirror's registry for requests without ns=")  # fmt: skip
@@ -97,11 +108,21 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         cache_dir=args.cache_dir,
         cache_size=args.cache_size,
         insecure=args.insecure,
+        credentials=_credentials(args.registry_creds),
         mirror=_mirror_address(args.mirror),
         mirror_upstream=args.mirror_upstream,
         p2p_listen=_multiaddr(args.p2p_listen) if args.p2p_listen else None,
         transport=args.transport,
     )
+
+
+def _credentials(given: list[str]) -> RegistryCredentials:
+    """`--registry-creds` by host, the Docker config behind them (checked readable now)."""
+    credentials = RegistryCredentials(
+        dict(parse_host_credentials(text, "--registry-creds") for text in given)
+    )
+    credentials.check()
+    return credentials
 
 
 def _mirror_address(text: str | None) -> tuple[str, int] | None:
