@@ -22,6 +22,12 @@ the answer is sent. A mismatch is a `502` with a registry error body, never a tr
 wrong blob. The price is latency: a client sees no byte of a blob until all of it is here.
 Manifests are not cached: the client checks them against the digests it asked for.
 
+Credentials are the client's: its `Authorization` goes upstream with the manifest request
+and with every origin fetch of the blob, and a 401's `WWW-Authenticate` comes back so the
+client can log in (Basic, or a token from the realm it names). The mirror adds none of its
+own (`--registry-creds` and the Docker config are for mounts and seeds), so a pull through
+it is allowed exactly when the same pull without it would be.
+
 Rule: this app holds no state of its own besides one HTTP session; pieces, tables and
 their trust are `_download`'s.
 """

@@ -1,14 +1,18 @@
 """Registry credentials for `dfdaemon`: `--mount` of an image in an htpasswd registry with
 the Docker config's entry (and one clear error without it), a seed fetching its origin
-with `--registry-creds`, and the origin pool against a token-auth registry in process.
+with `--registry-creds`, the origin pool against a token-auth registry in process, and the
+mirror passing the client's own credentials upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from peer import OriginPool, RegistryBlobUrl
 from peer.cli import _parser as dfdaemon_parser
 from peer.cli import options_from
 from rafs._regaccess import RegistryCredentials
+from rafs._regauth import basic_header
 from rafs._registry import Unauthorized
 from tests.fixtures.registry import (  # noqa: F401
     RegistryServer,
@@ -25,7 +30,7 @@ from tests.fixtures.registry import (  # noqa: F401
     token_signing_key,
 )
 
-from .cluster import BIN, Cluster, Image, build_and_push, sample_files
+from .cluster import BIN, Cluster, Image, build_and_push, free_port, sample_files
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -184,3 +189,40 @@ async def test_origin_pool_without_credentials_is_refused(
             await pool.chunk_table(url.blob_id, str(url))
     finally:
         await pool.close()
+
+
+# --- the registry mirror ---------------------------------------------------------------
+
+
+def mirror_get(url: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read(), dict(exc.headers)
+
+
+def test_the_mirror_passes_the_clients_credentials_upstream(
+    cluster: Cluster,
+    registry_basic: RegistryServer,  # noqa: F811
+    private_image: Image,
+) -> None:
+    port = free_port()
+    cluster.start_supernode()
+    cluster.start_peer(
+        "m", "--mirror", f"127.0.0.1:{port}", "--mirror-upstream", registry_basic.url
+    )
+    base = f"http://127.0.0.1:{port}/v2/private/mesh"
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    status, _, headers = mirror_get(f"{base}/manifests/v1", accept)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+    login = {"Authorization": basic_header(*creds_of(registry_basic))}
+    status, body, _ = mirror_get(f"{base}/manifests/v1", {**accept, **login})
+    assert status == 200, body
+    layer = json.loads(body)["layers"][0]
+    status, body, _ = mirror_get(f"{base}/blobs/{layer['digest']}", {})
+    assert status == 502 and b"HTTP 401" in body  # refused upstream, not served around it
+    status, blob, _ = mirror_get(f"{base}/blobs/{layer['digest']}", login)
+    assert status == 200 and "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
