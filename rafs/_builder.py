@@ -180,10 +180,11 @@ def gc_paused() -> Iterator[None]:
 def _build(
     layout: Layout, opts: BuildOptions, writer: BlobWriter, chunk_dict: ChunkDict | None
 ) -> BuildResult:
-    _store_content(layout, writer)
+    table = _InodeTable(layout, opts)
+    _store_content(layout, writer, table)
     new_blob = writer.finish()
     blobs, remap = _blob_table(layout, chunk_dict, writer, new_blob)
-    inodes = _inodes(layout, opts, remap)
+    inodes = table.finish(remap)
     boot = Bootstrap(
         version=5,
         chunk_size=opts.chunk_size,
@@ -206,15 +207,19 @@ def _build(
     return BuildResult(boot, new_blob, stats)
 
 
-def _store_content(layout: Layout, writer: BlobWriter) -> None:
-    """Grow the layout and store the content it finds, in index order, as it is found."""
+def _store_content(layout: Layout, writer: BlobWriter, table: _InodeTable) -> None:
+    """Grow the layout and store the content it finds, in index order, as it is found;
+    make the inode of each file stored, while the pipeline works on the next ones."""
     todo = (
         (index, _content_path(node), node.size)
         for index, node in layout.grow()
         if node.chunks is None and node.is_reg and layout.ino[index] == index
     )
     for index, chunks in writer.add_files(todo):
-        layout.node(index).chunks = chunks
+        node = layout.node(index)
+        node.chunks = chunks
+        if node.link_key is None:
+            table.add_file(index)
     for index in layout.indices():
         first = layout.ino[index]
         if first != index:
@@ -251,24 +256,52 @@ def _blobs_used(layout: Layout) -> set[int]:
     return {c.blob_index for n in layout.nodes if n.chunks for c in n.chunks}
 
 
-def _inodes(layout: Layout, opts: BuildOptions, remap: dict[int, int]) -> dict[int, Inode]:
-    """Every inode, children before parents (digests go up); one pass, run once per entry."""
-    nodes, ino, parent, children = layout.nodes, layout.ino, layout.parent, layout.children
-    link_count = collections.Counter(ino.values())
-    digest_of = opts.digester.function()
-    moved = any(old != new for old, new in remap.items())
-    done: list[Inode] = [None] * (len(nodes) + 1)  # type: ignore[list-item]
-    for index in range(len(nodes), 0, -1):
-        node = nodes[index - 1]
-        mode = node.mode
-        first, count = children[index] if S_ISDIR(mode) else (0, 0)
-        chunks = node.chunks or ()
+class _InodeTable:
+    """The inodes of a layout, each made as soon as what it depends on is known.
+
+    A regular file with one link can be made as soon as its chunks are stored, while
+    the walk and the content pipeline go on; the rest (directories need their children,
+    hardlinks their link count) are made by `finish`, children before parents (digests
+    go up). If the blob table moves any chunk to another blob index, files made early
+    carry the old index and are made again.
+    """
+
+    def __init__(self, layout: Layout, opts: BuildOptions) -> None:
+        self.layout = layout
+        self.explicit_uidgid = opts.explicit_uidgid
+        self.digest_of = opts.digester.function()
+        self.done: dict[int, Inode] = {}
+
+    def add_file(self, index: int) -> None:
+        """Make the inode of a regular file that has its chunks and no other link."""
+        self.done[index] = self._make(index, 1, None)
+
+    def finish(self, remap: dict[int, int]) -> dict[int, Inode]:
+        layout, done = self.layout, self.done
+        moved = any(old != new for old, new in remap.items())
         if moved:
+            done.clear()
+        link_count = collections.Counter(layout.ino.values())
+        for index in range(len(layout.nodes), 0, -1):
+            if index not in done:
+                nlink = link_count[layout.ino[index]]
+                done[index] = self._make(index, nlink, remap if moved else None)
+        return {index: done[index] for index in layout.indices()}
+
+    def _make(self, index: int, file_nlink: int, remap: dict[int, int] | None) -> Inode:
+        """One inode (it runs once per entry: written for speed)."""
+        layout, digest_of = self.layout, self.digest_of
+        node = layout.nodes[index - 1]
+        mode = node.mode
+        first, count = layout.children[index] if S_ISDIR(mode) else (0, 0)
+        chunks = node.chunks or ()
+        if remap is not None:
             chunks = tuple(_placed(c, remap[c.blob_index]) for c in chunks)
         if S_ISDIR(mode):
-            size, nlink, digest = _dir_fields(done[first : first + count], digest_of)
+            kids = [self.done[i] for i in range(first, first + count)]
+            size, nlink, digest = _dir_fields(kids, digest_of)
         elif S_ISREG(mode):
-            size, nlink = node.size, link_count[ino[index]]
+            size, nlink = node.size, file_nlink
             digest = digest_of(b"".join([c.digest for c in chunks]))
         elif S_ISLNK(mode):
             if not node.symlink:
@@ -278,14 +311,14 @@ def _inodes(layout: Layout, opts: BuildOptions, remap: dict[int, int]) -> dict[i
             size, nlink, digest = 0, 1, digest_of(b"")
         xattrs = dict(sorted(node.xattrs.items())) if node.xattrs else {}
         xattr_bytes = sum(4 + len(k) + 1 + len(v) for k, v in xattrs.items()) if xattrs else 0
-        done[index] = Inode(
+        return Inode(
             index,
-            ino[index],
-            ino.get(parent[index], 0),
+            layout.ino[index],
+            layout.ino.get(layout.parent[index], 0),
             node.name,
             mode,
-            node.uid if opts.explicit_uidgid else 0,
-            node.gid if opts.explicit_uidgid else 0,
+            node.uid if self.explicit_uidgid else 0,
+            node.gid if self.explicit_uidgid else 0,
             size,
             -(-(size + L.align8(xattr_bytes)) // 512),  # blocks
             nlink,
@@ -300,7 +333,6 @@ def _inodes(layout: Layout, opts: BuildOptions, remap: dict[int, int]) -> dict[i
             tuple(range(first, first + count)),
             first,  # child_index: 0 for all but directories
         )
-    return {index: done[index] for index in range(1, len(nodes) + 1)}
 
 
 def _dir_fields(kids: list[Inode], digest_of: Callable[[bytes], bytes]) -> tuple[int, int, bytes]:
