@@ -12,9 +12,11 @@ One chunk set (default 256 MiB of random bytes as a Nydus blob of 1 MiB chunks, 
 `wrk` with one thread and C connections (default 16) fetches every chunk in turn for D
 seconds from each server, alternating, R times (default 3); throughput is response bytes
 over time (MB/s, 10^6 bytes). The figure is the ratio of medians, ours / nginx (target at
-least 0.7). A second pair fetches runs of 16 chunks per request from dfdaemon (its normal
-batch) against the same 16 files fetched one by one from nginx. Both servers get one
-process (dfdaemon is one event loop); the machine's load is recorded with the figures.
+least 0.7). The CPU time each server used during a run (user + system, from /proc, nginx's
+worker included) gives a second ratio, MB per server CPU-second, that a busy machine moves
+less than wall-clock throughput. A second pair fetches runs of 16 chunks per request from
+dfdaemon (its normal batch) against the same 16 files fetched one by one from nginx. Both
+servers get one process (dfdaemon is one event loop); the machine's load is recorded.
 
 Tools it lacks (nginx, wrk) are installed with apt-get when root. Both servers are
 stopped and the work dir removed in `finally`.
@@ -201,6 +203,29 @@ def wrk(work: Path, url: str, paths: list[str], args: argparse.Namespace) -> dic
     return result
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (nginx's worker), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return own + sum(cpu_seconds(int(child)) for child in children)
+
+
+def timed_wrk(
+    work: Path, port: int, pid: int, paths: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One wrk run, with the CPU time the server used during it (load-independent-ish)."""
+    before = cpu_seconds(pid)
+    result = wrk(work, f"http://127.0.0.1:{port}", paths, args)
+    cpu = cpu_seconds(pid) - before
+    result["server_cpu_s"] = round(cpu, 2)
+    result["mb_per_cpu_s"] = round(result["bytes"] / 1e6 / cpu, 1) if cpu else None
+    return result
+
+
 def measure(work: Path, blob_id: str, count: int, args: argparse.Namespace) -> dict[str, Any]:
     ours_port, nginx_port = free_port(), free_port()
     api = f"/api/v1/blobs/{blob_id}/chunks"
@@ -214,21 +239,34 @@ def measure(work: Path, blob_id: str, count: int, args: argparse.Namespace) -> d
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
     servers = [start_dfdaemon(work, ours_port, args.connections), start_nginx(work, nginx_port)]
+    pids = {ours_port: servers[0].pid, nginx_port: servers[1].pid}
     try:
         for number in range(args.runs):
             for name, (port, paths) in cases.items():
-                runs[name].append(wrk(work, f"http://127.0.0.1:{port}", paths, args))
+                runs[name].append(timed_wrk(work, port, pids[port], paths, args))
                 print(f"chunkserver: run {number + 1} {name}: {runs[name][-1]}", file=sys.stderr)
     finally:
         for process in servers:
             stop_process(process)
+    return summarize(runs)
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians per case, and ours / nginx by throughput and by bytes per server CPU-second."""
     medians = {name: statistics.median(r["mb_s"] for r in found) for name, found in runs.items()}
-    nginx = medians["nginx_1_chunk"]
+    per_cpu = {
+        name: statistics.median(r["mb_per_cpu_s"] or 0.0 for r in found)
+        for name, found in runs.items()
+    }
+    nginx, nginx_cpu = medians["nginx_1_chunk"], per_cpu["nginx_1_chunk"] or float("nan")
     return {
         "runs": runs,
         "median_mb_s": medians,
+        "median_mb_per_cpu_s": per_cpu,
         "ratio_1_chunk": round(medians["dfdaemon_1_chunk"] / nginx, 3),
         "ratio_16_chunks": round(medians["dfdaemon_16_chunks"] / nginx, 3),
+        "cpu_ratio_1_chunk": round(per_cpu["dfdaemon_1_chunk"] / nginx_cpu, 3),
+        "cpu_ratio_16_chunks": round(per_cpu["dfdaemon_16_chunks"] / nginx_cpu, 3),
     }
 
 
