@@ -237,9 +237,7 @@ def _blob_table(
 ) -> tuple[list[BlobInfo], dict[int, int]]:
     """Dictionary blobs actually used (in dictionary order), then the new blob."""
     dict_blobs = chunk_dict.blobs if chunk_dict else []
-    used = (
-        {c.blob_index for n in layout.nodes if n.chunks for c in n.chunks} if dict_blobs else set()
-    )
+    used = _blobs_used(layout) if dict_blobs else set()
     blobs: list[BlobInfo] = []
     remap: dict[int, int] = {}
     for i, blob in enumerate(dict_blobs):
@@ -247,6 +245,11 @@ def _blob_table(
             remap[i] = len(blobs)
             blobs.append(blob)
     if new_blob is not None:
+        if writer.blob_index in remap:
+            raise BuildError(
+                f"new chunks were given blob index {writer.blob_index}, a dictionary blob's:"
+                " the writer must be made by writer_for with the same chunk dictionary"
+            )
         remap[writer.blob_index] = len(blobs)
         blobs.append(new_blob)
     return blobs, remap
