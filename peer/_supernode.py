@@ -28,6 +28,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTaskBatch,
+    Withdraw,
     decode,
     encode,
 )
@@ -73,6 +74,9 @@ class SupernodeClient:
 
     async def announce(self, msg: Announce) -> None:
         await self._send("/announce", msg)
+
+    async def withdraw(self, msg: Withdraw) -> None:
+        await self._send("/withdraw", msg)
 
     async def schedule(self, msg: ScheduleRequest) -> ScheduleAnswer:
         return await self._post("/schedule", msg, ScheduleAnswer)

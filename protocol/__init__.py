@@ -55,6 +55,7 @@ from ._messages import (
     ScheduleRequest,
     SeedTask,
     SeedTaskBatch,
+    Withdraw,
 )
 from ._types import (
     MAX_CHUNKS,
@@ -119,6 +120,7 @@ __all__ = [
     "SeedTaskBatch",
     "TruncatedFrame",
     "UnsupportedVersion",
+    "Withdraw",
     "decode",
     "encode",
     "encode_frame",

@@ -76,6 +76,7 @@ __all__ = [
     "ScheduleRequest",
     "SeedTask",
     "SeedTaskBatch",
+    "Withdraw",
 ]
 
 Ranges = Annotated[tuple[ChunkRange, ...], Meta(max_length=MAX_RANGES)]
@@ -171,6 +172,18 @@ class Announce(Message, tag="announce", frozen=True, kw_only=True):
     def chunks(self) -> ChunkSet:
         """The announced chunks as a set."""
         return ChunkSet.from_ranges(self.chunk_count, self.ranges)
+
+
+class Withdraw(Message, tag="withdraw", frozen=True, kw_only=True):
+    """Chunks of one blob that a peer no longer holds (evicted or discarded from its cache)."""
+
+    peer_id: PeerId
+    blob_id: BlobId
+    chunk_count: ChunkCount
+    ranges: Ranges
+
+    def __post_init__(self) -> None:
+        _check_ranges(self.ranges, self.chunk_count, "ranges")
 
 
 # --- scheduling -------------------------------------------------------------------------
@@ -371,6 +384,7 @@ AnyMessage = (
     | HeartbeatAnswer
     | Leave
     | Announce
+    | Withdraw
     | ScheduleRequest
     | ScheduleAnswer
     | PieceResults

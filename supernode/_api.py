@@ -29,6 +29,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTaskBatch,
+    Withdraw,
 )
 
 from ._errors import BadRequest
@@ -69,6 +70,11 @@ async def leave(request: web.Request) -> web.Response:
 
 async def announce(request: web.Request) -> web.Response:
     request.app[SUPERNODE].announce(await read_message(request, Announce))
+    return no_content()
+
+
+async def withdraw(request: web.Request) -> web.Response:
+    request.app[SUPERNODE].withdraw(await read_message(request, Withdraw))
     return no_content()
 
 
@@ -173,6 +179,8 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
     "leave": {"type": "leave", "peer_id": "p3"},
     "announce": {"type": "announce", "peer_id": "p1", "blob_id": _BLOB, "chunk_count": 64,
                  "ranges": [[0, 32]]},
+    "withdraw": {"type": "withdraw", "peer_id": "p1", "blob_id": _BLOB, "chunk_count": 64,
+                 "ranges": [[16, 24]]},
     "schedule": {"type": "schedule", "peer_id": "p2", "blob_id": _BLOB, "chunk_count": 64,
                  "origin_url": f"http://127.0.0.1:5000/v2/app/blobs/sha256:{_BLOB}"},
     "pieceResults": {"type": "piece_results", "peer_id": "p2", "blob_id": _BLOB,
@@ -203,6 +211,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
               request=Leave),
     _endpoint("POST", f"{API}/announce", "announce", "peer", announce,
               "Announce verified chunks held", request=Announce, errors=(404, 409)),
+    _endpoint("POST", f"{API}/withdraw", "withdraw", "peer", withdraw,
+              "Withdraw chunks no longer held", request=Withdraw, errors=(404, 409)),
     _endpoint("POST", f"{API}/schedule", "schedule", "peer", schedule,
               "Where to fetch wanted chunks", request=ScheduleRequest,
               response=ScheduleAnswer, errors=(404, 409)),

@@ -51,6 +51,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTask,
+    Withdraw,
 )
 from protocol._chunkset import bits_from_ranges, iter_runs
 
@@ -321,13 +322,25 @@ class BlobState:
                 counts[start:end] = [count + 1 for count in counts[start:end]]
         return new
 
+    def remove_chunks(self, holding: _Holding, bits: int) -> int:
+        """Forget chunks of a holder; return those it had."""
+        gone = bits & holding.bits
+        if gone:
+            holding.bits &= ~gone
+            self._uncount(gone)
+        return gone
+
     def drop_holding(self, holding: _Holding) -> None:
         """Forget a holder and its chunks (swap-remove from the holder list)."""
         last = self.holders.pop()
         if last is not holding:
             last.slot = holding.slot
             self.holders[holding.slot] = last
-        for start, end in iter_runs(holding.bits):
+        self._uncount(holding.bits)
+
+    def _uncount(self, bits: int) -> None:
+        """One holder fewer for each chunk of `bits`; chunks left with none leave `any_bits`."""
+        for start, end in iter_runs(bits):
             run = self.counts[start:end] = [count - 1 for count in self.counts[start:end]]
             for offset in (i for i, count in enumerate(run) if not count):
                 self.any_bits &= ~(1 << (start + offset))
@@ -508,6 +521,13 @@ class Scheduler:
         blob = self._blob(msg.blob_id, msg.chunk_count, None)
         self._add_chunks(peer, blob, bits_from_ranges(msg.ranges))
 
+    def withdraw(self, msg: Withdraw, now: float) -> None:
+        """Forget chunks a peer no longer holds (evicted or discarded from its cache)."""
+        peer = self._peer(msg.peer_id)
+        peer.last_seen = now
+        blob = self._blob(msg.blob_id, msg.chunk_count, None)
+        self._withdraw_chunks(peer, blob, bits_from_ranges(msg.ranges))
+
     def restore(self, peer_id: str, blob_id: str, chunks: ChunkSet) -> None:
         """Reload a persisted holding (after a restart) without marking it changed."""
         peer = self._peer(peer_id)
@@ -527,6 +547,16 @@ class Scheduler:
             self._changes.holdings[peer.peer_id, blob.blob_id] = None  # filled in on drain
             if blob.flights:
                 self._finish_flights(blob)
+
+    def _withdraw_chunks(self, peer: PeerState, blob: BlobState, bits: int) -> None:
+        """Stop naming `peer` as a holder of `bits`; a holding left empty is dropped."""
+        holding = peer.holdings.get(blob.blob_id)
+        if holding is None or not blob.remove_chunks(holding, bits):
+            return
+        if not holding.bits:
+            blob.drop_holding(holding)
+            del peer.holdings[blob.blob_id]
+        self._changes.holdings[peer.peer_id, blob.blob_id] = None  # filled in on drain
 
     # --- scheduling ---------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTaskBatch,
+    Withdraw,
 )
 
 from ._errors import ApiError, Conflict, NotFound
@@ -146,6 +147,10 @@ class Supernode:
     def announce(self, msg: Announce) -> None:
         with _translated():
             self.scheduler.announce(msg, self._clock())
+
+    def withdraw(self, msg: Withdraw) -> None:
+        with _translated():
+            self.scheduler.withdraw(msg, self._clock())
 
     def schedule(self, msg: ScheduleRequest) -> ScheduleAnswer:
         with _translated():

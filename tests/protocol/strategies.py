@@ -28,6 +28,7 @@ from protocol import (
     ScheduleRequest,
     SeedTask,
     SeedTaskBatch,
+    Withdraw,
 )
 
 ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -75,6 +76,17 @@ def ranges_within(
 def announces(draw: st.DrawFn) -> Announce:
     count = draw(chunk_counts)
     return Announce(
+        peer_id=draw(peer_ids),
+        blob_id=draw(blob_ids),
+        chunk_count=count,
+        ranges=draw(ranges_within(count)),
+    )
+
+
+@st.composite
+def withdrawals(draw: st.DrawFn) -> Withdraw:
+    count = draw(chunk_counts)
+    return Withdraw(
         peer_id=draw(peer_ids),
         blob_id=draw(blob_ids),
         chunk_count=count,
@@ -171,6 +183,7 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
     ),
     Leave: st.builds(Leave, peer_id=peer_ids),
     Announce: announces(),
+    Withdraw: withdrawals(),
     ScheduleRequest: schedule_requests(),
     ScheduleAnswer: st.builds(
         ScheduleAnswer, blob_id=blob_ids, plans=st.lists(plans(), max_size=6).map(tuple)

@@ -65,6 +65,7 @@ def test_public_api_is_pinned() -> None:
         "SeedTaskBatch",
         "TruncatedFrame",
         "UnsupportedVersion",
+        "Withdraw",
         "decode",
         "encode",
         "encode_frame",

@@ -34,6 +34,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     UnsupportedVersion,
+    Withdraw,
     decode,
     encode,
 )
@@ -56,6 +57,12 @@ ENCODED: list[tuple[Message, bytes]] = [
         b'{"type":"announce","version":1,"peer_id":"p1","blob_id":"'
         + BLOB_JSON
         + b'","chunk_count":10,"ranges":[[0,4],[6,10]]}',
+    ),
+    (
+        Withdraw(peer_id="p1", blob_id=BLOB, chunk_count=10, ranges=((4, 6),)),
+        b'{"type":"withdraw","version":1,"peer_id":"p1","blob_id":"'
+        + BLOB_JSON
+        + b'","chunk_count":10,"ranges":[[4,6]]}',
     ),
     (
         ScheduleAnswer(

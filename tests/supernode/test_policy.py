@@ -26,6 +26,7 @@ from protocol import (
     RetryLater,
     ScheduleAnswer,
     ScheduleRequest,
+    Withdraw,
 )
 from supernode import _policy
 from supernode._policy import (
@@ -316,6 +317,41 @@ def test_seeds_and_a_zero_fanout_are_not_limited() -> None:
     limited.hold("seed", (0, 10))
     assert spans(limited.ask("a", (0, 10))) == [("parents", 0, 10)]
     assert spans(limited.ask("seed2", (0, 10))) == [("parents", 0, 10)]  # seeds copy freely
+
+
+def test_withdrawn_chunks_are_no_longer_scheduled_from_that_peer(mesh: Mesh) -> None:
+    for name in ("a", "b", "me"):
+        mesh.add(name)
+    mesh.hold("a", (0, 10))
+    mesh.hold("b", (0, 4))
+    mesh.s.withdraw(Withdraw(peer_id="a", blob_id=BLOB, chunk_count=COUNT, ranges=((2, 8),)), 0)
+    assert {k: v.ranges() for k, v in mesh.s.holders(BLOB).items()} == {
+        "a": [(0, 2), (8, 10)],
+        "b": [(0, 4)],
+    }
+    answer = mesh.ask("me", (0, 10))
+    assert [(kind, start, end) for kind, start, end in spans(answer) if kind == "parents"] == [
+        ("parents", 0, 2),
+        ("parents", 2, 4),
+        ("parents", 8, 10),
+    ]
+    assert parents_of(answer.plans[1]) == ["b"]  # 2-4: only b now
+    blob = mesh.s.blob(BLOB)
+    assert blob is not None and blob.counts[2:4] == [1, 1] and blob.counts[4:8] == [0] * 4
+    assert not blob.any_bits >> 4 & 0b1111  # 4-8: nobody, so a seed task or the origin
+
+
+def test_a_peer_that_withdraws_everything_is_no_holder_and_is_persisted_so(mesh: Mesh) -> None:
+    mesh.add("a")
+    mesh.hold("a", (0, 10))
+    mesh.s.drain_changes()
+    mesh.s.withdraw(Withdraw(peer_id="a", blob_id=BLOB, chunk_count=COUNT, ranges=((0, 9),)), 0)
+    assert {k: v.ranges() for k, v in mesh.s.holders(BLOB).items()} == {"a": [(9, 10)]}
+    mesh.s.withdraw(Withdraw(peer_id="a", blob_id=BLOB, chunk_count=COUNT, ranges=((0, COUNT),)), 0)
+    assert mesh.s.holders(BLOB) == {} and mesh.s.holdings("a") == {}
+    assert mesh.s.drain_changes().holdings == {("a", BLOB): None}  # the row is removed
+    mesh.hold("a", (3, 5))  # and it may announce again later
+    assert {k: v.ranges() for k, v in mesh.s.holders(BLOB).items()} == {"a": [(3, 5)]}
 
 
 def test_free_capacity_ranks_higher_within_a_zone(mesh: Mesh) -> None:
