@@ -20,7 +20,7 @@ import os
 import socket
 from collections.abc import Sequence
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from protocol import (
     FRAME_HEADER,
@@ -77,8 +77,11 @@ async def _write_frames(
 ) -> None:
     if request.transport is None:
         raise ConnectionResetError("the client went away before the answer")
+    await response.prepare(request)
+    if request.method == hdrs.METH_HEAD:  # the head alone: no byte of body may follow
+        await response.write_eof()
+        return
     with _SocketSender(request.transport) as sender:
-        await response.prepare(request)
         for header, record in zip(headers, lease.records, strict=True):
             await response.write(header)
             await sender.send_span(lease.data_fd, record.compressed_offset, record.compressed_size)

@@ -182,6 +182,18 @@ async def test_a_run_of_megabyte_chunks_arrives_whole_and_in_order(big_server: S
     assert big_server.uploads.in_flight == 0
 
 
+async def test_a_head_request_gets_the_length_and_no_body(server: Server) -> None:
+    blob = server.blob
+    server.cache.put_many(blob.ref, [blob.fetched(i) for i in range(3)])
+    url = f"http://127.0.0.1:{server.port}{path(0, 3)}"
+    async with aiohttp.ClientSession() as http:  # one connection, kept alive
+        async with http.head(url) as response:
+            assert response.status == 200
+            assert int(response.headers["Content-Length"]) == len(expected_body(blob, [0, 1, 2]))
+        async with http.get(url) as response:  # a body after the head would garble this one
+            assert await response.read() == expected_body(blob, [0, 1, 2])
+
+
 async def test_many_requests_at_once_each_get_their_own_chunks(big_server: Server) -> None:
     got = await asyncio.gather(*(big_server.get(i, i + 1) for i in range(40)))
     for index, (status, _, body) in enumerate(got):
