@@ -1,13 +1,16 @@
 """Announcing verified chunks to the supernode as they enter the cache, in batches.
 
-`AnnouncingCache` is the host's `BlobCache` with one addition: after `put_many` has stored
-chunks (bits set), it notes their indices. The `Announcer` gathers notes for a moment and
-sends one `Announce` per blob with the indices as ranges.
+`AnnouncingCache` is the host's `BlobCache` with two additions: after `put_many` has stored
+chunks (bits set), it notes their indices; after it evicts a blob or discards a chunk, it
+notes them as gone. The `Announcer` gathers notes for a moment and sends one `Announce` per
+blob with the new indices as ranges, and one `Withdraw` per blob with the gone ones.
 
 Rule: only chunks whose bits are set are ever announced (notes come after the store, or
 from the cache's own bitmap), so a parent is never advertised for a chunk it cannot serve.
 A failed announcement is dropped, not retried: after the session registers again, the
-announcer re-reads every known blob's bitmap and announces all of it.
+announcer re-reads every known blob's bitmap, announces all of it and withdraws what it
+had announced before and no longer holds. Evictions by another process sharing the cache
+directory (a `nydusd`) are not seen until then; the chunk server refuses those chunks.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import os
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from protocol import Announce, ChunkSet
-from rafs import RafsError
+from protocol import Announce, ChunkSet, Withdraw
+from rafs import ChunkInfo, RafsError
 from rafs._cache import BlobCache
 from rafs._chunksource import BlobRef, FetchedChunk
 
@@ -30,6 +33,7 @@ from ._supernode import SupernodeClient
 log = logging.getLogger("dfdaemon.announce")
 
 Notify = Callable[[str, Sequence[int]], None]
+NotifyGone = Callable[[str, Sequence[int] | None], None]  # None: every chunk of the blob
 
 
 class AnnouncingCache(BlobCache):
@@ -38,12 +42,25 @@ class AnnouncingCache(BlobCache):
     def __init__(self, cache_dir: str | os.PathLike[str], *, size_limit: int | None = None) -> None:
         super().__init__(cache_dir, size_limit=size_limit)
         self.notify: Notify | None = None
+        self.notify_gone: NotifyGone | None = None
 
     def put_many(self, blob: BlobRef, fetched: Sequence[FetchedChunk]) -> int:
         stored = super().put_many(blob, fetched)
         if self.notify is not None and fetched:
             self.notify(blob.blob_id, [chunk.info.index for chunk in fetched])
         return stored
+
+    def evict_until(self, limit: int) -> list[str]:
+        evicted = super().evict_until(limit)
+        if self.notify_gone is not None:
+            for blob_id in evicted:
+                self.notify_gone(blob_id, None)
+        return evicted
+
+    def discard(self, blob_id: str, info: ChunkInfo) -> None:
+        super().discard(blob_id, info)
+        if self.notify_gone is not None:
+            self.notify_gone(blob_id, [info.index])
 
 
 class Announcer:
@@ -61,6 +78,7 @@ class Announcer:
         self.cache = cache
         self.linger = linger
         self._pending: dict[str, set[int]] = {}
+        self._gone: dict[str, set[int]] = {}
         self._ready = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -69,18 +87,38 @@ class Announcer:
 
     def note(self, blob_id: str, indices: Iterable[int]) -> None:
         """Chunks now present (call on the loop's thread)."""
-        self._pending.setdefault(blob_id, set()).update(indices)
+        added = set(indices)
+        self._pending.setdefault(blob_id, set()).update(added)
+        if blob_id in self._gone:
+            self._gone[blob_id] -= added
+        self._ready.set()
+
+    def note_gone(self, blob_id: str, indices: Iterable[int] | None) -> None:
+        """Chunks no longer present, None for the whole blob (call on the loop's thread)."""
+        count = self.catalog.chunk_count(blob_id)
+        if count is None:
+            return  # never announced: nothing to withdraw
+        gone = set(range(count)) if indices is None else set(indices)
+        self._gone.setdefault(blob_id, set()).update(gone)
+        if blob_id in self._pending:
+            self._pending[blob_id] -= gone
         self._ready.set()
 
     def note_threadsafe(self, blob_id: str, indices: Sequence[int]) -> None:
         """`note` from any thread (the cache stores in worker threads)."""
         self._loop.call_soon_threadsafe(self.note, blob_id, list(indices))
 
+    def note_gone_threadsafe(self, blob_id: str, indices: Sequence[int] | None) -> None:
+        """`note_gone` from any thread (the cache evicts in worker threads)."""
+        listed = None if indices is None else list(indices)
+        self._loop.call_soon_threadsafe(self.note_gone, blob_id, listed)
+
     def resync(self) -> None:
-        """Announce every chunk the cache holds of every blob with a known chunk count."""
-        self._announced.clear()
+        """Announce every chunk the cache holds of every blob with a known chunk count, and
+        withdraw what was announced before and is gone now."""
+        before, self._announced = self._announced, {}
         self.session.metrics.announced.set(0)
-        self._spawn(self._note_present(list(self.catalog.known_counts())))
+        self._spawn(self._note_present(list(self.catalog.known_counts()), before))
 
     def resync_blob(self, blob_id: str) -> None:
         self._spawn(self._note_present([blob_id]))
@@ -90,7 +128,9 @@ class Announcer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _note_present(self, blob_ids: list[str]) -> None:
+    async def _note_present(
+        self, blob_ids: list[str], before: dict[str, ChunkSet] | None = None
+    ) -> None:
         for blob_id in blob_ids:
             try:
                 bitmap = await asyncio.to_thread(self.cache.present_indices, blob_id)
@@ -100,13 +140,19 @@ class Announcer:
             bits = int.from_bytes(bitmap, "little")
             if bits:
                 self.note(blob_id, ChunkSet(bits.bit_length(), bits))
+            announced = (before or {}).get(blob_id)
+            if announced is not None and announced.bits & ~bits:
+                self.note_gone(blob_id, ChunkSet(announced.chunk_count, announced.bits & ~bits))
 
     async def run(self) -> None:
         while True:
             await self._ready.wait()
             await asyncio.sleep(self.linger)
             self._ready.clear()
+            gone, self._gone = self._gone, {}
             pending, self._pending = self._pending, {}
+            for blob_id, indices in gone.items():
+                await self._withdraw(blob_id, indices)
             for blob_id, indices in pending.items():
                 await self._announce(blob_id, indices)
 
@@ -131,6 +177,27 @@ class Announcer:
         self.session.metrics.announced.inc(len(self._announced[blob_id]) - len(before))
         log.debug("announced %d chunks of blob %s", len(chunks), blob_id)
 
+    async def _withdraw(self, blob_id: str, indices: set[int]) -> None:
+        count = self.catalog.chunk_count(blob_id)
+        if count is None or not self.session.registered:
+            return  # the next registration withdraws it (see `resync`)
+        chunks = ChunkSet.from_indices(count, (i for i in indices if i < count))
+        if not chunks:
+            return
+        msg = Withdraw(
+            peer_id=self.session.peer_id,
+            blob_id=blob_id,
+            chunk_count=count,
+            ranges=tuple(chunks.ranges()),
+        )
+        if not await self.session.call(lambda client: _withdrawn(client, msg)):
+            return
+        before = self._announced.get(blob_id)
+        if before is not None:
+            self._announced[blob_id] = ChunkSet(count, before.bits & ~chunks.bits)
+            self.session.metrics.announced.dec(len(before) - len(self._announced[blob_id]))
+        log.info("withdrew %d chunks of blob %s", len(chunks), blob_id)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -139,4 +206,9 @@ class Announcer:
 
 async def _sent(client: SupernodeClient, msg: Announce) -> bool:
     await client.announce(msg)
+    return True
+
+
+async def _withdrawn(client: SupernodeClient, msg: Withdraw) -> bool:
+    await client.withdraw(msg)
     return True

@@ -74,6 +74,7 @@ class PeerNode:
         """Start the background tasks (on the running loop)."""
         announcer = self.announcer = Announcer(self.session, self.catalog, self.cache)
         self.cache.notify = announcer.note_threadsafe
+        self.cache.notify_gone = announcer.note_gone_threadsafe
         self.session.on_registered.append(announcer.resync)
         self.catalog.on_add.append(announcer.resync_blob)
         self._spawn(announcer.run())
@@ -100,6 +101,7 @@ class PeerNode:
         if self.announcer is not None:
             await self.announcer.close()
         self.cache.notify = None
+        self.cache.notify_gone = None
         await self.transport.close()
         if self.p2p is not None:
             await self.p2p.aclose()

@@ -191,3 +191,27 @@ def test_an_image_that_is_not_there_is_one_error_line_and_exit_1(
     errors = [line for line in a.log_text().splitlines() if line.startswith("dfdaemon: error:")]
     assert len(errors) == 1 and "mesh/missing" in errors[0]
     assert "Traceback" not in a.log_text()
+
+
+def test_a_blob_evicted_from_a_peers_cache_is_withdrawn_so_nobody_asks_it_for_it(
+    cluster: Cluster, registry: RegistryServer, image: Image, tmp_path: Path
+) -> None:
+    other = build_and_push(registry, tmp_path / "other", sample_files(seed=3), "mesh/other")
+    cluster.start_supernode()
+    a = cluster.start_peer("a", "--cache-size", "2M", mounts=(image.reference, other.reference))
+    first, second = a.mountpoints
+    for name in RANDOM_FILES:
+        assert (first / name).read_bytes() == image.files[name]
+    a.wait_announced(image.blob_ids)
+    for name in RANDOM_FILES:  # a second image through the 2 MiB cache evicts the first
+        assert (second / name).read_bytes() == other.files[name]
+    wait_for("a to evict and withdraw the first image", lambda: a.held(image.blob_ids) == 0)
+    wait_for("the withdrawal", lambda: "withdrew" in a.log_text(), 10)
+    b = cluster.start_peer("b", mount=image.reference)
+    read_all(b, image, RANDOM_FILES)
+    failures = sum(
+        v for k, v in b.metrics().items() if k.startswith("dfdaemon_parent_failures_total")
+    )
+    assert failures == 0  # never sent to a for chunks it no longer has
+    assert b.metric("dfdaemon_peer_bytes_in_total") == 0
+    assert b.metric("dfdaemon_origin_bytes_total") > 0
