@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from protocol import SeedTask, SeedTaskBatch
+from protocol import SeedTask, SeedTaskBatch, SeedTaskFailed
 from rafs import ChunkInfo, RafsError
 from rafs._cache import BlobCache
 
@@ -95,6 +95,17 @@ class Seeder:
                 await self.seed(task)
             except (PeerError, RafsError, OSError) as exc:
                 log.error("seed task %s (blob %s) failed: %s", task.task_id, task.blob_id, exc)
+                await self._report_failure(task, str(exc))
+
+    async def _report_failure(self, task: SeedTask, error: str) -> None:
+        """Tell the supernode, so peers waiting on the task go to the origin now."""
+        msg = SeedTaskFailed(
+            peer_id=self.session.peer_id,
+            task_id=task.task_id,
+            blob_id=task.blob_id,
+            error=error[:1000] or "failed",  # `Text` allows 4,096
+        )
+        await self.session.call(lambda client: client.seed_task_failed(msg))
 
     async def seed(self, task: SeedTask) -> int:
         """Do one task; the number of chunks fetched from the origin."""

@@ -28,6 +28,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTaskBatch,
+    SeedTaskFailed,
     Withdraw,
     decode,
     encode,
@@ -74,6 +75,9 @@ class SupernodeClient:
 
     async def announce(self, msg: Announce) -> None:
         await self._send("/announce", msg)
+
+    async def seed_task_failed(self, msg: SeedTaskFailed) -> None:
+        await self._send("/seed-tasks/failed", msg)
 
     async def withdraw(self, msg: Withdraw) -> None:
         await self._send("/withdraw", msg)

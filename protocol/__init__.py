@@ -55,6 +55,7 @@ from ._messages import (
     ScheduleRequest,
     SeedTask,
     SeedTaskBatch,
+    SeedTaskFailed,
     Withdraw,
 )
 from ._types import (
@@ -118,6 +119,7 @@ __all__ = [
     "ScheduleRequest",
     "SeedTask",
     "SeedTaskBatch",
+    "SeedTaskFailed",
     "TruncatedFrame",
     "UnsupportedVersion",
     "Withdraw",

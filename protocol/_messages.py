@@ -76,6 +76,7 @@ __all__ = [
     "ScheduleRequest",
     "SeedTask",
     "SeedTaskBatch",
+    "SeedTaskFailed",
     "Withdraw",
 ]
 
@@ -316,6 +317,16 @@ class SeedTask(Message, tag="seed_task", frozen=True, kw_only=True):
         _check_ranges(self.ranges, self.chunk_count, "ranges")
 
 
+class SeedTaskFailed(Message, tag="seed_task_failed", frozen=True, kw_only=True):
+    """A seed could not do a task (the origin refused it, or failed): peers waiting on it
+    should not wait any longer."""
+
+    peer_id: PeerId
+    task_id: TaskId
+    blob_id: BlobId
+    error: Text
+
+
 class SeedTaskBatch(Message, tag="seed_tasks", frozen=True, kw_only=True):
     """Seed tasks handed to one seed at once."""
 
@@ -390,6 +401,7 @@ AnyMessage = (
     | PieceResults
     | SeedTask
     | SeedTaskBatch
+    | SeedTaskFailed
     | PreheatRequest
     | JobStatus
     | ErrorAnswer

@@ -29,6 +29,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTaskBatch,
+    SeedTaskFailed,
     Withdraw,
 )
 
@@ -97,6 +98,12 @@ def _seed_query(request: web.Request) -> SeedTasksQuery:
         return msgspec.convert(dict(request.query), SeedTasksQuery, strict=False)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"bad query: {exc}") from None
+
+
+async def seed_task_failed(request: web.Request) -> web.Response:
+    request.app[SUPERNODE].seed_task_failed(await read_message(request, SeedTaskFailed))
+    request.app[METRICS].seed_failures.inc()
+    return no_content()
 
 
 async def seed_tasks(request: web.Request) -> web.Response:
@@ -181,6 +188,8 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
                  "ranges": [[0, 32]]},
     "withdraw": {"type": "withdraw", "peer_id": "p1", "blob_id": _BLOB, "chunk_count": 64,
                  "ranges": [[16, 24]]},
+    "seedTaskFailed": {"type": "seed_task_failed", "peer_id": "s1", "task_id": "seed-1",
+                       "blob_id": _BLOB, "error": "origin refused: HTTP 401"},
     "schedule": {"type": "schedule", "peer_id": "p2", "blob_id": _BLOB, "chunk_count": 64,
                  "origin_url": f"http://127.0.0.1:5000/v2/app/blobs/sha256:{_BLOB}"},
     "pieceResults": {"type": "piece_results", "peer_id": "p2", "blob_id": _BLOB,
@@ -221,6 +230,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _endpoint("GET", f"{API}/seed-tasks", "seedTasks", "peer", seed_tasks,
               "A seed takes its next tasks", response=SeedTaskBatch, params=_SEED_PARAMS,
               errors=(404, 409)),
+    _endpoint("POST", f"{API}/seed-tasks/failed", "seedTaskFailed", "peer", seed_task_failed,
+              "A seed reports a task it could not do", request=SeedTaskFailed,
+              errors=(404,)),
     _endpoint("POST", f"{API}/admin/preheat", "preheat", "admin", preheat,
               "Seed an image or blobs before peers ask", request=PreheatRequest,
               response=JobStatus, status=202, errors=(409,)),

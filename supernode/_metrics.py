@@ -38,6 +38,9 @@ class Metrics:
             registry=r,
         )
         self.seed_tasks = Counter("supernode_seed_tasks", "Seed tasks handed to seeds", registry=r)
+        self.seed_failures = Counter(
+            "supernode_seed_failures", "Seed tasks a seed reported it could not do", registry=r
+        )
         self.digest_mismatches = Counter(
             "supernode_digest_mismatches", "Parents reported serving a wrong chunk", registry=r
         )

@@ -51,6 +51,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTask,
+    SeedTaskFailed,
     Withdraw,
 )
 from protocol._chunkset import bits_from_ranges, iter_runs
@@ -96,6 +97,7 @@ class PolicyConfig:
     seed_grant_ttl: float = 3.0  # a seed allowance is given back after this
     relay_retry_ms: int = 100  # retry hint while a chunk travels from a seed to a peer
     seed_task_ttl: float = 60.0  # an unfinished seed task is dropped after this
+    seed_failure_ttl: float = 30.0  # chunks a seed failed to fetch go to the origin this long
     seed_batch: int = 64  # seed tasks handed out per `take_seed_tasks`
     preheat_attempts: int = 3  # seed tasks per preheat blob before the job fails
     ewma_alpha: float = 0.3
@@ -179,6 +181,7 @@ class SchedulerStats:
     retry_plans: int = 0
     origin_plans: int = 0
     seed_tasks: int = 0
+    seed_failures: int = 0
     digest_mismatches: int = 0
     expired_peers: int = 0
 
@@ -285,6 +288,7 @@ class BlobState:
         "holders",
         "origin_url",
         "seed_counts",
+        "seed_failures",
         "seed_grants",
         "seeding_bits",
     )
@@ -303,6 +307,7 @@ class BlobState:
         self.grants: list[tuple[float, int]] = []  # (when, chunks) sent to the origin
         self.seed_grants: deque[tuple[float, int]] = deque()  # (when, chunks) sent to seeds
         self.seed_counts: list[int] = []  # live seed allowances per chunk, allocated on use
+        self.seed_failures: list[tuple[float, int]] = []  # (when, chunks) a seed failed
 
     @property
     def full_bits(self) -> int:
@@ -655,9 +660,22 @@ class Scheduler:
         if decision.requester.seed:
             self._seed_fetches_itself(decision, bits, origin)
         elif origin is not None and self._live_seed(decision.now):
-            self._plan_seeding(decision, bits, origin)
+            failed = bits & self._seed_failed(decision.blob, decision.now)
+            self._plan_seeding(decision, bits & ~failed, origin)
+            self._plan_origin(decision, failed, origin)
         else:
             self._plan_origin(decision, bits, origin)
+
+    def _seed_failed(self, blob: BlobState, now: float) -> int:
+        """Chunks a seed failed to fetch within `seed_failure_ttl`."""
+        if not blob.seed_failures:
+            return 0
+        cutoff = now - self.config.seed_failure_ttl
+        blob.seed_failures = [(when, bits) for when, bits in blob.seed_failures if when >= cutoff]
+        failed = 0
+        for _, bits in blob.seed_failures:
+            failed |= bits
+        return failed
 
     def _seed_fetches_itself(self, decision: _Decision, bits: int, origin: str | None) -> None:
         """A seed that asks goes to the origin; others wait on it as on a seed task."""
@@ -668,6 +686,8 @@ class Scheduler:
 
     def _plan_seeding(self, decision: _Decision, bits: int, origin: str) -> None:
         """Queue one seed task for chunks no flight covers yet; tell the asker to retry."""
+        if not bits:
+            return
         blob = decision.blob
         self._expire_flights(blob.flights, decision.now)
         new = bits & ~blob.seeding_bits
@@ -676,7 +696,9 @@ class Scheduler:
         self.stats.retry_plans += _add_plans(decision, bits, _retry(self.config.seed_retry_ms))
 
     def _plan_origin(self, decision: _Decision, bits: int, origin: str | None) -> None:
-        """No seed: let at most `origin_limit` askers per chunk go to the origin."""
+        """No seed (or it failed): at most `origin_limit` askers per chunk go to the origin."""
+        if not bits:
+            return
         blob = decision.blob
         self._prune_grants(blob, decision.now)
         allowed = bits & ~_granted_at_least(blob.grants, self.config.origin_limit)
@@ -775,6 +797,22 @@ class Scheduler:
         if flight.job_id:
             self._changes.jobs.add(flight.job_id)
         return flight
+
+    def seed_task_failed(self, msg: SeedTaskFailed, now: float) -> None:
+        """A seed gave up a task: its chunks go to the origin for a while, not to the seed
+        again (a preheat task is made again, within its attempts)."""
+        seed = self._peer(msg.peer_id)
+        seed.last_seen = now
+        flight = self._flights.get(msg.task_id)
+        if flight is None or flight.seed_id != msg.peer_id or flight.blob_id != msg.blob_id:
+            return  # not this seed's task (or already finished or expired)
+        blob = self._blobs.get(flight.blob_id)
+        if blob is not None and flight.bits:
+            blob.seed_failures.append((now, flight.bits & ~blob.any_bits))
+        self.stats.seed_failures += 1
+        detail = f"seed task {msg.task_id} failed: {msg.error}"[:200]
+        self._event(seed, FailureKind.OTHER.value, msg.blob_id, 0.0, detail)
+        self._retry_or_forget(msg.task_id, now)
 
     def _expire_flights(self, flights: dict[str, _SeedFlight], now: float) -> None:
         cutoff = now - self.config.seed_task_ttl

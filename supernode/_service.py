@@ -32,6 +32,7 @@ from protocol import (
     ScheduleAnswer,
     ScheduleRequest,
     SeedTaskBatch,
+    SeedTaskFailed,
     Withdraw,
 )
 
@@ -147,6 +148,10 @@ class Supernode:
     def announce(self, msg: Announce) -> None:
         with _translated():
             self.scheduler.announce(msg, self._clock())
+
+    def seed_task_failed(self, msg: SeedTaskFailed) -> None:
+        with _translated():
+            self.scheduler.seed_task_failed(msg, self._clock())
 
     def withdraw(self, msg: Withdraw) -> None:
         with _translated():

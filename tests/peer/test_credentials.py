@@ -30,7 +30,7 @@ from tests.fixtures.registry import (  # noqa: F401
     token_signing_key,
 )
 
-from .cluster import BIN, Cluster, Image, build_and_push, free_port, sample_files
+from .cluster import BIN, Cluster, Image, build_and_push, free_port, http_get, sample_files
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -147,6 +147,31 @@ def test_a_seed_fetches_from_a_private_registry_with_registry_creds(
     assert seed.metric("dfdaemon_origin_bytes_total") > 0
     assert a.metric("dfdaemon_origin_bytes_total") == 0  # every chunk came by the seed
     assert "failed" not in seed.log_text()
+
+
+def test_a_seed_refused_by_the_registry_reports_it_and_the_peer_reads_from_the_origin(
+    cluster: Cluster,
+    registry_basic: RegistryServer,  # noqa: F811
+    private_image: Image,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user, password = creds_of(registry_basic)
+    cluster.start_supernode()
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    seed = cluster.start_peer("seed", "--seed")  # no credentials: every task is refused
+    config = docker_config(tmp_path / "docker", registry_basic.host, user, password)
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    a = cluster.start_peer("a", mount=private_image.reference)
+    assert a.mountpoint is not None
+    for name, data in private_image.files.items():  # without the report: 20 s a read
+        assert (a.mountpoint / name).read_bytes() == data, name
+    assert "failed" in seed.log_text() and seed.metric("dfdaemon_origin_bytes_total") == 0
+    assert a.metric("dfdaemon_origin_bytes_total") > 0
+    assert cluster.supernode is not None
+    metrics = http_get(cluster.supernode.url + "/metrics").decode().splitlines()
+    assert "supernode_seed_failures_total 0.0" not in metrics
+    assert any(line.startswith("supernode_seed_failures_total ") for line in metrics)
 
 
 # --- the origin pool against token auth, in process -------------------------------------

@@ -28,6 +28,7 @@ from protocol import (
     ScheduleRequest,
     SeedTask,
     SeedTaskBatch,
+    SeedTaskFailed,
     Withdraw,
 )
 
@@ -184,6 +185,13 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
     Leave: st.builds(Leave, peer_id=peer_ids),
     Announce: announces(),
     Withdraw: withdrawals(),
+    SeedTaskFailed: st.builds(
+        SeedTaskFailed,
+        peer_id=peer_ids,
+        task_id=task_ids,
+        blob_id=blob_ids,
+        error=st.text(max_size=200),
+    ),
     ScheduleRequest: schedule_requests(),
     ScheduleAnswer: st.builds(
         ScheduleAnswer, blob_id=blob_ids, plans=st.lists(plans(), max_size=6).map(tuple)

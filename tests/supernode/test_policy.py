@@ -26,6 +26,7 @@ from protocol import (
     RetryLater,
     ScheduleAnswer,
     ScheduleRequest,
+    SeedTaskFailed,
     Withdraw,
 )
 from supernode import _policy
@@ -388,6 +389,39 @@ def test_measured_throughput_raises_the_rank(mesh: Mesh) -> None:
     assert parents_of(only_plan(mesh.ask("me", (0, 10))))[0] == "fast"
     fast = mesh.s.peer("fast")
     assert fast is not None and fast.throughput == pytest.approx(100 * (1 << 20))
+
+
+def test_chunks_a_seed_failed_to_fetch_go_to_the_origin_for_a_while() -> None:
+    mesh = Mesh(seed_failure_ttl=30.0, origin_limit=1, peer_ttl=1000.0)
+    mesh.add("seed", seed=True)
+    mesh.add("a")
+    mesh.add("b")
+    assert spans(mesh.ask("a", (0, 10))) == [("retry", 0, 10)]
+    (task,) = mesh.s.take_seed_tasks("seed", mesh.now)
+    failed = SeedTaskFailed(peer_id="seed", task_id=task.task_id, blob_id=BLOB, error="HTTP 401")
+    mesh.s.seed_task_failed(failed, mesh.now)
+    assert mesh.s.stats.seed_failures == 1 and mesh.s.queued_seed_tasks() == []
+    assert spans(mesh.ask("a", (0, 12))) == [("origin", 0, 10), ("retry", 10, 12)]
+    assert spans(mesh.ask("b", (0, 10))) == [("retry", 0, 10)]  # origin_limit askers only
+    (event,) = mesh.s.drain_changes().events
+    assert event.peer_id == "seed" and "HTTP 401" in event.detail
+    mesh.now += 31  # the failure is forgotten: the seed is asked again
+    assert spans(mesh.ask("b", (0, 10))) == [("retry", 0, 10)]
+    assert [t.ranges for t in mesh.s.queued_seed_tasks()] == [((10, 12),), ((0, 10),)]
+
+
+def test_a_failure_report_for_someone_elses_task_changes_nothing() -> None:
+    mesh = Mesh()
+    mesh.add("seed", seed=True)
+    mesh.add("seed2", seed=True)
+    mesh.add("a")
+    mesh.ask("a", (0, 10))
+    (task,) = mesh.s.take_seed_tasks("seed", mesh.now)
+    for who, task_id in (("seed2", task.task_id), ("seed", "seed-999")):
+        msg = SeedTaskFailed(peer_id=who, task_id=task_id, blob_id=BLOB, error="no")
+        mesh.s.seed_task_failed(msg, mesh.now)
+    assert mesh.s.stats.seed_failures == 0
+    assert spans(mesh.ask("a", (0, 10))) == [("retry", 0, 10)]
 
 
 def test_load_is_spread_over_equal_parents() -> None:
