@@ -258,13 +258,16 @@ class LocalCluster:
         port: int,
         seed: bool = False,
         mounts: tuple[str, ...] = (),
+        transport: str = "http",
         wait: bool = True,
     ) -> Service:
-        """A `dfdaemon` (a seed with `seed`), each image in `mounts` on its own mountpoint."""
+        """A `dfdaemon` (a seed with `seed`), each image in `mounts` on its own mountpoint;
+        it serves over libp2p as well as HTTP, and fetches over `transport`."""
         port = port_for(port)
         argv = [str(BIN / "dfdaemon"), "--supernode", supernode.address,
                 "--listen", f"127.0.0.1:{port}", "--data-dir", str(self.work / name),
-                "--token", self.token, "--peer-id", name, "--host-name", name]  # fmt: skip
+                "--token", self.token, "--peer-id", name, "--host-name", name,
+                "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--transport", transport]  # fmt: skip
         argv += ["--seed"] if seed else []
         mountpoints = [self.work / f"mnt-{name}-{n}" for n in range(len(mounts))]
         for reference, mountpoint in zip(mounts, mountpoints, strict=True):
@@ -308,10 +311,11 @@ def start_topology(cluster: LocalCluster, postgres: bool, mounts: tuple[str, ...
     db = cluster.start_postgres().address if postgres else None
     supernode = cluster.start_supernode(db)
     seed = cluster.start_peer("seed", supernode, port=PORTS["seed"], seed=True, wait=False)
-    peers = [
-        cluster.start_peer(f"peer{n + 1}", supernode, port=PEER_PORTS[n], mounts=mounts, wait=False)
-        for n in range(2)
-    ]
+    peers = [  # as in docker-compose.yml: peer2 fetches over libp2p
+        cluster.start_peer(f"peer{n + 1}", supernode, port=PEER_PORTS[n], mounts=mounts,
+                           transport=transport, wait=False)
+        for n, transport in enumerate(("http", "libp2p"))
+    ]  # fmt: skip
     for peer in (seed, *peers):
         cluster.wait_peer(peer)
 

@@ -297,13 +297,16 @@ def run_mesh(
     start = time.monotonic()
     supernode = cluster.start_supernode()
     seed = cluster.start_peer("seed", supernode, port=PORTS["seed"], seed=True, wait=False)
+    transports = ("http", "http", "libp2p")  # every daemon serves both; peer3 fetches over libp2p
     peers = [
-        cluster.start_peer(f"peer{n + 1}", supernode, port=port, mounts=(reference,), wait=False)
+        cluster.start_peer(f"peer{n + 1}", supernode, port=port, mounts=(reference,),
+                           transport=transports[n], wait=False)
         for n, port in enumerate(PEER_PORTS)
-    ]
+    ]  # fmt: skip
     for peer in (seed, *peers):
         cluster.wait_peer(peer)
     steps.append(("supernode, seed, 3 peers up and mounted", f"{time.monotonic() - start:.1f} s"))
+    steps.append(("peer fetch transport", "peer1, peer2: HTTP; peer3: libp2p (noise)"))
     reads = {"peer1": read_through(peers[0], snapshot, files)}
     blobs = nydus_blobs(registry, reference)
     steps.append(("Nydus blobs in the registry", human(sum(blobs.values()))))
