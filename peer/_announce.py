@@ -16,12 +16,13 @@ directory (a `nydusd`) are not seen until then; the chunk server refuses those c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any
 
-from protocol import Announce, ChunkSet, Withdraw
+from protocol import MAX_RANGES, Announce, ChunkSet, Withdraw
 from rafs import ChunkInfo, RafsError
 from rafs._cache import BlobCache
 from rafs._chunksource import BlobRef, FetchedChunk
@@ -161,20 +162,16 @@ class Announcer:
         if count is None or not self.session.registered:
             return  # announced with everything else after (re-)registration
         chunks = ChunkSet.from_indices(count, (i for i in indices if i < count))
-        if not chunks:
-            return
-        msg = Announce(
-            peer_id=self.session.peer_id,
-            blob_id=blob_id,
-            chunk_count=count,
-            ranges=tuple(chunks.ranges()),
-        )
-        if not await self.session.call(lambda client: _sent(client, msg)):
-            return  # failed: the next registration announces everything again
-        self.sent += 1
-        before = self._announced.get(blob_id, ChunkSet(count))
-        self._announced[blob_id] = before | chunks
-        self.session.metrics.announced.inc(len(self._announced[blob_id]) - len(before))
+        for ranges in _batches(chunks):
+            msg = Announce(
+                peer_id=self.session.peer_id, blob_id=blob_id, chunk_count=count, ranges=ranges
+            )
+            if not await self.session.call(_sending(msg)):
+                return  # failed: the next registration announces everything again
+            self.sent += 1
+            before = self._announced.get(blob_id, ChunkSet(count))
+            self._announced[blob_id] = before | msg.chunks()
+            self.session.metrics.announced.inc(len(self._announced[blob_id]) - len(before))
         log.debug("announced %d chunks of blob %s", len(chunks), blob_id)
 
     async def _withdraw(self, blob_id: str, indices: set[int]) -> None:
@@ -182,21 +179,19 @@ class Announcer:
         if count is None or not self.session.registered:
             return  # the next registration withdraws it (see `resync`)
         chunks = ChunkSet.from_indices(count, (i for i in indices if i < count))
-        if not chunks:
-            return
-        msg = Withdraw(
-            peer_id=self.session.peer_id,
-            blob_id=blob_id,
-            chunk_count=count,
-            ranges=tuple(chunks.ranges()),
-        )
-        if not await self.session.call(lambda client: _withdrawn(client, msg)):
-            return
-        before = self._announced.get(blob_id)
-        if before is not None:
-            self._announced[blob_id] = ChunkSet(count, before.bits & ~chunks.bits)
-            self.session.metrics.announced.dec(len(before) - len(self._announced[blob_id]))
-        log.info("withdrew %d chunks of blob %s", len(chunks), blob_id)
+        for ranges in _batches(chunks):
+            msg = Withdraw(
+                peer_id=self.session.peer_id, blob_id=blob_id, chunk_count=count, ranges=ranges
+            )
+            if not await self.session.call(_sending(msg)):
+                return
+            gone = ChunkSet.from_ranges(count, ranges)
+            before = self._announced.get(blob_id)
+            if before is not None:
+                self._announced[blob_id] = ChunkSet(count, before.bits & ~gone.bits)
+                self.session.metrics.announced.dec(len(before) - len(self._announced[blob_id]))
+        if chunks:
+            log.info("withdrew %d chunks of blob %s", len(chunks), blob_id)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -204,11 +199,21 @@ class Announcer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def _sent(client: SupernodeClient, msg: Announce) -> bool:
-    await client.announce(msg)
-    return True
+def _batches(chunks: ChunkSet) -> Iterator[tuple[tuple[int, int], ...]]:
+    """The set's ranges, at most `MAX_RANGES` a message (a fragmented bitmap can have more)."""
+    ranges = iter(chunks.ranges())
+    while batch := tuple(itertools.islice(ranges, MAX_RANGES)):
+        yield batch
 
 
-async def _withdrawn(client: SupernodeClient, msg: Withdraw) -> bool:
-    await client.withdraw(msg)
-    return True
+def _sending(msg: Announce | Withdraw) -> Callable[[SupernodeClient], Awaitable[bool]]:
+    """The session call that sends `msg`; True once the supernode took it."""
+
+    async def send(client: SupernodeClient) -> bool:
+        if isinstance(msg, Announce):
+            await client.announce(msg)
+        else:
+            await client.withdraw(msg)
+        return True
+
+    return send

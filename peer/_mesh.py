@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protocol import (
+    MAX_RANGES,
     ChunkSet,
     FailureKind,
     FromOrigin,
@@ -190,11 +192,12 @@ class _Fetch:
 
     def _request(self, pending: set[int]) -> ScheduleRequest:
         count = self.entry.chunk_count
+        ranges = ChunkSet.from_indices(count, pending).ranges()
         return ScheduleRequest(
             peer_id=self.mesh.session.peer_id,
             blob_id=self.blob.blob_id,
             chunk_count=count,
-            wanted=tuple(ChunkSet.from_indices(count, pending).ranges()),
+            wanted=tuple(itertools.islice(ranges, MAX_RANGES)),  # the rest in the next round
             origin_url=self.entry.origin_url,
         )
 

@@ -7,11 +7,12 @@ import pytest
 
 import peer
 from peer import ParentBoard, RegistryBlobUrl, SwitchPolicy, TokenBucket, parse_rate
+from peer._announce import _batches
 from peer._errors import OriginUrlError, UsageError
 from peer._options import MountSpec, parse_listen
 from peer._parents import Batch, BatchQueue, cut_batches
 from peer._session import Backoff
-from protocol import FailureKind, Parent
+from protocol import MAX_RANGES, Announce, ChunkSet, FailureKind, Parent
 
 BLOB = "ab" * 32
 
@@ -235,3 +236,13 @@ def test_the_public_api_is_pinned() -> None:
     assert sorted(peer.__all__) == peer.__all__
     entry_points = {"cli", "dfget"}  # console-script modules, not API
     assert set(peer.__all__) == {n for n in dir(peer) if not n.startswith("_")} - entry_points
+
+
+def test_a_fragmented_bitmap_is_announced_in_messages_of_at_most_max_ranges() -> None:
+    count = 2 * (2 * MAX_RANGES) + 2  # every other chunk: 2 * MAX_RANGES + 1 ranges
+    chunks = ChunkSet.from_indices(count, range(0, count, 2))
+    batches = list(_batches(chunks))
+    assert [len(b) for b in batches] == [MAX_RANGES, MAX_RANGES, 1]
+    sent = [Announce(peer_id="p", blob_id="a" * 64, chunk_count=count, ranges=b) for b in batches]
+    assert ChunkSet(count, sum(m.chunks().bits for m in sent)) == chunks  # each chunk once
+    assert list(_batches(ChunkSet(count))) == []
