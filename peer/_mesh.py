@@ -12,6 +12,9 @@ per plan:
   quicker than the supernode's hint), for at most `max_rounds` rounds and `max_wait`
   seconds, then go to the origin.
 
+When the origin then fails, the mesh is asked once more (for at most `after_origin_wait`
+seconds): a peer may have got the chunks meanwhile. Only if it has not does `get` fail.
+
 A plan whose parents all failed earlier in this fetch goes to the origin at once.
 
 After each round it reports per parent what happened (`PieceResults`). A parent that sent
@@ -70,6 +73,7 @@ class MeshConfig:
     depth: int = 2  # requests in flight per parent
     max_rounds: int = 400  # a bound on the loop; `max_wait` is what ends a long wait
     max_wait: float = 20.0  # longest a fetch waits on the mesh before the origin
+    after_origin_wait: float = 5.0  # longest it waits on the mesh after the origin failed
     idle_retry: float = 0.1  # pause after a round without progress (doubles)
     max_retry_pause: float = 0.2  # a RetryLater hint longer than this is cut to it
     base_timeout: float = 5.0  # a batch may take this long plus its size at `min_rate`
@@ -127,9 +131,26 @@ class MeshSource:
             self.mesh.metrics.mesh_bypassed.inc(len(wanted))
         missing = [info for index, info in wanted.items() if index not in found]
         if missing:
-            for chunk in await self._from_origin(blob, missing):
+            for chunk in await self._origin_then_mesh(blob, entry, missing):
                 found[chunk.info.index] = chunk
         return [_as_asked(found[chunk.index], chunk) for chunk in chunks]
+
+    async def _origin_then_mesh(
+        self, blob: BlobRef, entry: BlobEntry | None, chunks: list[ChunkInfo]
+    ) -> list[FetchedChunk]:
+        try:
+            return await self._from_origin(blob, chunks)
+        except (RafsError, OSError) as exc:
+            if entry is None or not self.mesh.session.registered:
+                raise
+            log.info("origin failed for %d chunks of blob %s (%s): asking the mesh again",
+                     len(chunks), blob.blob_id, exc)  # fmt: skip
+            wanted = {chunk.index: chunk for chunk in chunks}
+            wait = self.mesh.config.after_origin_wait
+            found = await _Fetch(self.mesh, blob, entry, wanted, max_wait=wait).run()
+            if len(found) < len(wanted):
+                raise
+            return list(found.values())
 
     async def _from_origin(self, blob: BlobRef, chunks: list[ChunkInfo]) -> list[FetchedChunk]:
         if self.fallback is None:
@@ -155,10 +176,16 @@ class _Fetch:
     """One `get` through the mesh: rounds of schedule, fetch, report."""
 
     def __init__(
-        self, mesh: Mesh, blob: BlobRef, entry: BlobEntry, wanted: Mapping[int, ChunkInfo]
+        self,
+        mesh: Mesh,
+        blob: BlobRef,
+        entry: BlobEntry,
+        wanted: Mapping[int, ChunkInfo],
+        max_wait: float | None = None,
     ) -> None:
         self.mesh = mesh
         self.config = mesh.config
+        self.max_wait = self.config.max_wait if max_wait is None else max_wait
         self.blob = blob
         self.entry = entry
         self.wanted = wanted
@@ -172,7 +199,7 @@ class _Fetch:
 
     async def run(self) -> dict[int, FetchedChunk]:
         """The chunks the mesh delivered; the rest (and FromOrigin ones) are the caller's."""
-        deadline = time.monotonic() + self.config.max_wait
+        deadline = time.monotonic() + self.max_wait
         idle = self.config.idle_retry
         for _ in range(self.config.max_rounds):
             pending = self.pending

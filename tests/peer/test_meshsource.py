@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from protocol import Announce, Register
 from rafs import ChunkInfo
 from rafs._cache import BlobCache
 from rafs._chunksource import BlobRef, FetchedChunk, verify_chunk
+from rafs._regerrors import RegistryUnavailable
 from supernode import PolicyConfig, SupernodeConfig
 from supernode import make_app as supernode_app
 from supernode._keys import SUPERNODE
@@ -255,3 +256,40 @@ async def test_a_lying_parent_is_distrusted_for_good_and_the_truth_comes_from_an
     served = liar.served()
     await asyncio.gather(*(source.get(mesh.blob.ref, [c]) for c in mesh.blob.chunks))
     assert liar.served() == served  # never asked again for this blob
+
+
+class FailingOrigin(CountingOrigin):
+    """An origin that goes down; while it fails, `meanwhile` runs (a peer gets the chunks)."""
+
+    def __init__(self, blob: Blob, meanwhile: Callable[[], Awaitable[object]]) -> None:
+        super().__init__(blob)
+        self.meanwhile = meanwhile
+        self.failures = 0
+
+    async def get(self, ref: BlobRef, chunks: Sequence[ChunkInfo]) -> list[FetchedChunk]:
+        self.failures += 1
+        await self.meanwhile()
+        raise RegistryUnavailable("registry down: connection refused")
+
+
+async def test_when_the_origin_fails_the_mesh_is_asked_again(mesh: Mesh_) -> None:
+    source, _, _ = await mesh.requester(MeshConfig(after_origin_wait=2.0))
+    failing = FailingOrigin(mesh.blob, lambda: mesh.parent("late"))
+    source.fallback = failing
+    await _get_all(source, mesh.blob)  # nobody held it: the origin, which failed, then "late"
+    assert failing.failures == 1 and mesh.parents[0].served() > 0
+
+
+async def test_when_the_origin_fails_and_no_peer_has_the_chunks_the_error_stands(
+    mesh: Mesh_,
+) -> None:
+    source, _, _ = await mesh.requester(MeshConfig(after_origin_wait=0.5))
+
+    async def nothing() -> None:
+        return None
+
+    source.fallback = FailingOrigin(mesh.blob, nothing)
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable):
+        await source.get(mesh.blob.ref, mesh.blob.chunks[:3])
+    assert time.monotonic() - started < 5
