@@ -185,7 +185,7 @@ class Announcer:
             )
             if not await self.session.call(_sending(msg)):
                 return
-            gone = ChunkSet.from_ranges(count, ranges)
+            gone = msg.chunks()
             before = self._announced.get(blob_id)
             if before is not None:
                 self._announced[blob_id] = ChunkSet(count, before.bits & ~gone.bits)

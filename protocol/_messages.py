@@ -159,8 +159,8 @@ class Leave(Message, tag="leave", frozen=True, kw_only=True):
 # --- availability -----------------------------------------------------------------------
 
 
-class Announce(Message, tag="announce", frozen=True, kw_only=True):
-    """Chunks of one blob that a peer holds and has verified (additive)."""
+class _ChunksOfBlob(Message, frozen=True, kw_only=True):
+    """Chunks of one blob, as ranges, said by one peer (the body of announce and withdraw)."""
 
     peer_id: PeerId
     blob_id: BlobId
@@ -171,20 +171,16 @@ class Announce(Message, tag="announce", frozen=True, kw_only=True):
         _check_ranges(self.ranges, self.chunk_count, "ranges")
 
     def chunks(self) -> ChunkSet:
-        """The announced chunks as a set."""
+        """The ranges as a set."""
         return ChunkSet.from_ranges(self.chunk_count, self.ranges)
 
 
-class Withdraw(Message, tag="withdraw", frozen=True, kw_only=True):
+class Announce(_ChunksOfBlob, tag="announce", frozen=True, kw_only=True):
+    """Chunks of one blob that a peer holds and has verified (additive)."""
+
+
+class Withdraw(_ChunksOfBlob, tag="withdraw", frozen=True, kw_only=True):
     """Chunks of one blob that a peer no longer holds (evicted or discarded from its cache)."""
-
-    peer_id: PeerId
-    blob_id: BlobId
-    chunk_count: ChunkCount
-    ranges: Ranges
-
-    def __post_init__(self) -> None:
-        _check_ranges(self.ranges, self.chunk_count, "ranges")
 
 
 # --- scheduling -------------------------------------------------------------------------
