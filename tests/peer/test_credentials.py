@@ -125,53 +125,37 @@ def test_mount_of_a_private_image_without_credentials_is_one_error_line(
 # --- a seed's origin -------------------------------------------------------------------
 
 
-def test_a_seed_fetches_from_a_private_registry_with_registry_creds(
+@pytest.mark.parametrize("seed_has_creds", [True, False], ids=["with-creds", "refused"])
+def test_a_seed_fetches_from_a_private_registry_or_reports_that_it_cannot(
     cluster: Cluster,
     registry_basic: RegistryServer,  # noqa: F811
     private_image: Image,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    seed_has_creds: bool,
 ) -> None:
     user, password = creds_of(registry_basic)
-    cluster.start_supernode()
+    sn = cluster.start_supernode()
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
-    seed = cluster.start_peer("seed", "--seed", "--registry-creds",
-                              f"{registry_basic.host}={user}:{password}")  # fmt: skip
+    creds = ["--registry-creds", f"{registry_basic.host}={user}:{password}"]
+    seed = cluster.start_peer("seed", "--seed", *(creds if seed_has_creds else []))
     config = docker_config(tmp_path / "docker", registry_basic.host, user, password)
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
     a = cluster.start_peer("a", mount=private_image.reference)
     assert a.mountpoint is not None
-    for name, data in private_image.files.items():
+    for name, data in private_image.files.items():  # refused, unreported: 20 s a read
         assert (a.mountpoint / name).read_bytes() == data, name
-    assert seed.metric("dfdaemon_seed_tasks_total") >= 1, seed.log_text()
-    assert seed.metric("dfdaemon_origin_bytes_total") > 0
-    assert a.metric("dfdaemon_origin_bytes_total") == 0  # every chunk came by the seed
-    assert "failed" not in seed.log_text()
-
-
-def test_a_seed_refused_by_the_registry_reports_it_and_the_peer_reads_from_the_origin(
-    cluster: Cluster,
-    registry_basic: RegistryServer,  # noqa: F811
-    private_image: Image,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    user, password = creds_of(registry_basic)
-    cluster.start_supernode()
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
-    seed = cluster.start_peer("seed", "--seed")  # no credentials: every task is refused
-    config = docker_config(tmp_path / "docker", registry_basic.host, user, password)
-    monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    a = cluster.start_peer("a", mount=private_image.reference)
-    assert a.mountpoint is not None
-    for name, data in private_image.files.items():  # without the report: 20 s a read
-        assert (a.mountpoint / name).read_bytes() == data, name
-    assert "failed" in seed.log_text() and seed.metric("dfdaemon_origin_bytes_total") == 0
-    assert a.metric("dfdaemon_origin_bytes_total") > 0
-    assert cluster.supernode is not None
-    metrics = http_get(cluster.supernode.url + "/metrics").decode().splitlines()
-    assert "supernode_seed_failures_total 0.0" not in metrics
-    assert any(line.startswith("supernode_seed_failures_total ") for line in metrics)
+    failures = [line for line in http_get(sn.url + "/metrics").decode().splitlines()
+                if line.startswith("supernode_seed_failures_total ")]  # fmt: skip
+    if seed_has_creds:
+        assert seed.metric("dfdaemon_seed_tasks_total") >= 1, seed.log_text()
+        assert seed.metric("dfdaemon_origin_bytes_total") > 0
+        assert a.metric("dfdaemon_origin_bytes_total") == 0  # every chunk came by the seed
+        assert "failed" not in seed.log_text() and failures == ["supernode_seed_failures_total 0.0"]
+    else:  # the seed reported it, so the peer went to the origin at once
+        assert "failed" in seed.log_text() and seed.metric("dfdaemon_origin_bytes_total") == 0
+        assert a.metric("dfdaemon_origin_bytes_total") > 0
+        assert len(failures) == 1 and failures != ["supernode_seed_failures_total 0.0"]
 
 
 # --- the origin pool against token auth, in process -------------------------------------
