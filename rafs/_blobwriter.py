@@ -6,8 +6,10 @@ with a bounded window of batches in flight, so memory does not grow with the ima
 results are taken back in order and appended to the blob (and its sha256) by one file
 thread in that order, so the blob is the same bytes on every run. A chunk whose
 (digest, size) is known already, from this build or from a chunk dictionary, is not
-stored again: its record is reused with a new file offset.
-The blob goes to a temporary file, renamed to its sha256 only by `finish`.
+stored again: its record is reused with a new file offset. The per-chunk steps are plain
+tuples in tight loops: on a tree of small files they run tens of thousands of times.
+The blob goes to a temporary file, synced and renamed to its sha256 only by `finish`
+(or, with `settle_later`, by the time `settle` returns).
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ class BlobWriter:
                 yield pending.key, tuple(pending.chunks)
 
     def _cut_batch(self, sources: list[bytes | _Read | None]) -> list[_Cut | None]:
-        """Read, hash and compress a batch in one tight loop (it runs once per chunk)."""
+        """Read, hash and compress a batch in one tight loop, its body run once per chunk."""
         digest_of = self.digester.function()
         compress = self._compress()
         known = self.known
