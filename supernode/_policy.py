@@ -19,12 +19,19 @@ decision probes a handful of holders instead of every peer:
   distribution tree Dragonfly builds; the seed's link is the swarm's bottleneck);
 - a chunk nobody can serve becomes one seed task (however many peers ask) and the askers
   are told to retry; with no seed, at most `origin_limit` peers per chunk go to the origin;
-- a digest mismatch blacklists the parent for that blob at once and halves its success.
+- a digest mismatch blacklists the parent for that blob at once and halves its success;
+- a real failure (not `busy`, which only means full) lowers the parent's success rate, and
+  one that leaves it below `suspend_below` suspends the parent for `suspend_seconds`: it is
+  named for no blob, takes no seed task and counts as no live seed; then it is eligible
+  again on probation (success at least `probation_success`). Chunks held only by suspended
+  holders never become a seed task (the seed holding them would not announce them again):
+  like chunks a seed failed to fetch, they go to the origin for `origin_limit` askers.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +108,9 @@ class PolicyConfig:
     seed_batch: int = 64  # seed tasks handed out per `take_seed_tasks`
     preheat_attempts: int = 3  # seed tasks per preheat blob before the job fails
     ewma_alpha: float = 0.3
+    suspend_below: float = 0.25  # a real failure leaving success below this suspends ...
+    suspend_seconds: float = 10.0  # ... the parent this long, ...
+    probation_success: float = 0.5  # ... then it is back with at least this success
 
 
 class PolicyError(SupernodeError):
@@ -184,6 +194,7 @@ class SchedulerStats:
     seed_failures: int = 0
     digest_mismatches: int = 0
     expired_peers: int = 0
+    suspensions: int = 0
 
 
 # --- state ------------------------------------------------------------------------------
@@ -205,6 +216,7 @@ class PeerState:
         "seed",
         "success",
         "successes",
+        "suspended_until",
         "throughput",
         "uploads",
         "zone",
@@ -219,6 +231,7 @@ class PeerState:
         self.failures = 0
         self.success = 1.0  # EWMA of results: 1 all good, 0 all failed
         self.throughput = 0.0  # EWMA bytes/s; 0 until measured
+        self.suspended_until = 0.0  # no parent before this (0: not suspended)
         self.update(msg, now)
 
     def update(self, msg: Register, now: float) -> None:
@@ -431,6 +444,8 @@ class Scheduler:
         self._queue: dict[str, _SeedFlight] = {}  # seed tasks not yet taken, FIFO
         self._flights: dict[str, _SeedFlight] = {}  # every unfinished flight
         self._jobs: dict[str, _Job] = {}
+        self._suspended: dict[str, PeerState] = {}
+        self._next_lift = math.inf  # earliest end of a suspension
         self._ids = itertools.count(1)
         self._changes = PolicyChanges()
 
@@ -472,6 +487,7 @@ class Scheduler:
 
     def expire(self, now: float) -> list[str]:
         """Drop silent peers, stale seed tasks and origin allowances; return expired ids."""
+        self._lift_suspensions(now)
         cutoff = now - self.config.peer_ttl
         gone = [pid for pid, peer in self._peers.items() if peer.last_seen < cutoff]
         for peer_id in gone:
@@ -488,6 +504,7 @@ class Scheduler:
         if peer is None:
             return False
         self._seeds.pop(peer_id, None)
+        self._suspended.pop(peer_id, None)
         for blob_id, holding in peer.holdings.items():
             self._blobs[blob_id].drop_holding(holding)
         peer.holdings.clear()
@@ -569,39 +586,45 @@ class Scheduler:
         """Decide, for every wanted chunk, where the requester should fetch it."""
         requester = self._peer(request.peer_id)
         requester.last_seen = now
+        self._lift_suspensions(now)
         blob = self._blob(request.blob_id, request.chunk_count, request.origin_url)
         wanted = bits_from_ranges(request.wanted) if request.wanted else blob.full_bits
         decision = _Decision(requester, blob, now)
-        covered, busy = self._plan_from_parents(decision, wanted & blob.any_bits)
+        covered, busy, stranded = self._plan_from_parents(decision, wanted & blob.any_bits)
         busy &= ~covered
         self.stats.retry_plans += _add_plans(decision, busy, _retry(self.config.busy_retry_ms))
-        self._plan_unserved(decision, wanted & ~covered & ~busy, request.origin_url)
+        unserved = wanted & ~covered & ~busy
+        self._plan_unserved(decision, unserved, request.origin_url, stranded & unserved)
         self.stats.decisions += 1
         return ScheduleAnswer(blob_id=blob.blob_id, plans=_order(decision, wanted))
 
-    def _plan_from_parents(self, decision: _Decision, held: int) -> tuple[int, int]:
-        """Plan the held chunks from parents; return (chunks planned, chunks only busy)."""
+    def _plan_from_parents(self, decision: _Decision, held: int) -> tuple[int, int, int]:
+        """Plan the held chunks from parents; return the chunks planned, those held by busy
+        parents and those held by suspended ones (the last two may overlap the first)."""
         if not held:
-            return 0, 0
-        candidates, covered, busy = self._gather(decision, held)
+            return 0, 0, 0
+        candidates, covered, busy, suspended = self._gather(decision, held)
         if candidates:
             ranked = _rank(candidates, decision.requester.zone)
             self._assign_segments(decision, ranked, covered)
-        return covered, busy
+        return covered, busy, suspended
 
-    def _gather(self, decision: _Decision, held: int) -> tuple[list[_Holding], int, int]:
+    def _gather(self, decision: _Decision, held: int) -> tuple[list[_Holding], int, int, int]:
         """Probe holders round robin until enough eligible ones cover every held chunk."""
-        blob, requester = decision.blob, decision.requester
-        cutoff = decision.now - self.config.peer_ttl
+        blob, requester, now = decision.blob, decision.requester, decision.now
+        cutoff = now - self.config.peer_ttl
         target = self.config.scan_target
         found: list[_Holding] = []
-        covered = busy = probed = 0
+        covered = busy = suspended = probed = 0
         for probed, holding in enumerate(_rotation(blob.holders, blob.cursor), 1):  # noqa: B007
             bits = holding.bits & held
             if not bits:
                 continue
             peer = holding.peer
             if not _eligible(peer, requester, cutoff, self._banned):
+                continue
+            if peer.suspended_until > now:
+                suspended |= bits
                 continue
             if peer.uploads + peer.assigned >= peer.capacity:  # `load`, inlined: hot loop
                 busy |= bits
@@ -611,7 +634,7 @@ class Scheduler:
             if covered == held and len(found) >= target:
                 break
         blob.cursor = (blob.cursor + probed) % max(1, len(blob.holders))
-        return found, covered, busy
+        return found, covered, busy, suspended
 
     def _assign_segments(self, decision: _Decision, ranked: list[_Holding], covered: int) -> None:
         """One plan per run of chunks whose best parents are the same."""
@@ -652,15 +675,20 @@ class Scheduler:
 
     # nobody can serve ----------------------------------------------------------------------
 
-    def _plan_unserved(self, decision: _Decision, bits: int, origin_url: str | None) -> None:
-        """Chunks nobody eligible holds: a seed fetches them, else a few go to origin."""
+    def _plan_unserved(
+        self, decision: _Decision, bits: int, origin_url: str | None, stranded: int
+    ) -> None:
+        """Chunks nobody eligible holds: a seed fetches them, else a few go to origin.
+
+        `stranded` chunks (held, but only by suspended holders) never go to a seed task.
+        """
         if not bits:
             return
         origin = origin_url or decision.blob.origin_url
         if decision.requester.seed:
             self._seed_fetches_itself(decision, bits, origin)
         elif origin is not None and self._live_seed(decision.now):
-            failed = bits & self._seed_failed(decision.blob, decision.now)
+            failed = bits & (self._seed_failed(decision.blob, decision.now) | stranded)
             self._plan_seeding(decision, bits & ~failed, origin)
             self._plan_origin(decision, failed, origin)
         else:
@@ -716,7 +744,9 @@ class Scheduler:
     def _live_seed(self, now: float) -> bool:
         cutoff = now - self.config.peer_ttl
         return any(
-            seed.last_seen >= cutoff and seed.peer_id not in self._banned
+            seed.last_seen >= cutoff
+            and seed.peer_id not in self._banned
+            and seed.suspended_until <= now
             for seed in self._seeds.values()
         )
 
@@ -757,10 +787,12 @@ class Scheduler:
                 blob.seeding_bits |= flight.bits
 
     def take_seed_tasks(self, seed_id: str, now: float, limit: int | None = None) -> list[SeedTask]:
-        """Hand the oldest queued seed tasks to a seed (which then owns them)."""
+        """Hand the oldest queued seed tasks to a seed (which then owns them); a suspended
+        seed takes none: nobody would be sent to fetch what it seeds."""
         seed = self._peer(seed_id)
         seed.last_seen = now
-        if not seed.seed:
+        self._lift_suspensions(now)
+        if not seed.seed or seed.suspended_until > now:
             return []
         count = min(limit or self.config.seed_batch, len(self._queue))
         tasks = []
@@ -831,27 +863,59 @@ class Scheduler:
     def report(self, msg: PieceResults, now: float) -> None:
         """Learn from how parents served: speed, success, and digest mismatches."""
         self._peer(msg.peer_id).last_seen = now
+        self._lift_suspensions(now)
         for result in msg.results:
             parent = self._peers.get(result.parent_id)
             if parent is not None:
-                self._learn(parent, msg.blob_id, result)
+                self._learn(parent, msg.blob_id, result, now)
 
-    def _learn(self, parent: PeerState, blob_id: str, result: ParentResult) -> None:
+    def _learn(self, parent: PeerState, blob_id: str, result: ParentResult, now: float) -> None:
         alpha = self.config.ewma_alpha
         parent.assigned = max(0, parent.assigned - 1)
         if result.digest_mismatch:
             self._punish_mismatch(parent, blob_id, result)
+        elif result.failure is FailureKind.BUSY:  # full, not failing: the load says so
+            parent.failures += 1
+            self._event(parent, result.failure.value, blob_id, 0.0)
         elif result.failure is not FailureKind.NONE:
             before = parent.success
             parent.failures += 1
             parent.success = (1 - alpha) * parent.success
-            self._event(parent, result.failure.value, blob_id, parent.success - before)
+            detail = self._suspend_if_failing(parent, now)
+            self._event(parent, result.failure.value, blob_id, parent.success - before, detail)
         else:
             parent.successes += 1
             parent.success = (1 - alpha) * parent.success + alpha
             if result.bytes and result.duration_ms:
                 rate = result.bytes * 1000.0 / result.duration_ms
                 parent.throughput = (1 - alpha) * (parent.throughput or rate) + alpha * rate
+
+    def _suspend_if_failing(self, parent: PeerState, now: float) -> str:
+        """Suspend a parent whose success fell below `suspend_below`; say so (or "")."""
+        config = self.config
+        if parent.suspended_until or parent.success >= config.suspend_below:
+            return ""
+        parent.suspended_until = now + config.suspend_seconds
+        self._suspended[parent.peer_id] = parent
+        self._next_lift = min(self._next_lift, parent.suspended_until)
+        self.stats.suspensions += 1
+        return f"suspended for {config.suspend_seconds:g} s"
+
+    def _lift_suspensions(self, now: float) -> None:
+        """End the suspensions that are over: those parents are back, on probation."""
+        if now < self._next_lift:
+            return
+        for peer in [p for p in self._suspended.values() if p.suspended_until <= now]:
+            del self._suspended[peer.peer_id]
+            peer.suspended_until = 0.0
+            peer.success = max(peer.success, self.config.probation_success)
+        until = (peer.suspended_until for peer in self._suspended.values())
+        self._next_lift = min(until, default=math.inf)
+
+    def is_suspended(self, peer_id: str, now: float) -> bool:
+        """True while the peer may not serve any blob because it kept failing."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.suspended_until > now
 
     def _punish_mismatch(self, parent: PeerState, blob_id: str, result: ParentResult) -> None:
         before = parent.success
@@ -1065,6 +1129,7 @@ def _eligible(peer: PeerState, requester: PeerState, cutoff: float, banned: set[
 
     The same-host rule also excludes the requester itself. Peers blacklisted for the blob
     need no check: blacklisting drops their holding and `_add_chunks` ignores them.
+    Suspension is checked by the caller, which keeps the chunks of suspended holders apart.
     """
     return not (
         peer.host_name == requester.host_name

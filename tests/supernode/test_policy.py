@@ -662,6 +662,123 @@ def test_other_failures_do_not_blacklist(mesh: Mesh) -> None:
     assert parents_of(only_plan(mesh.ask("me", (0, 10)))) == ["slow"]
 
 
+def fail(mesh: Mesh, parent: str, kind: FailureKind, times: int, asker: str = "me") -> None:
+    for _ in range(times):
+        mesh.report(asker, ParentResult(parent_id=parent, failure=kind))
+
+
+def test_a_parent_that_keeps_failing_is_suspended_not_one_that_is_busy() -> None:
+    mesh = Mesh(suspend_below=0.25, ewma_alpha=0.3)
+    for name in ("dead", "full", "me"):
+        mesh.add(name)
+    fail(mesh, "dead", FailureKind.CONNECT, 3)  # success 0.7 ** 3 = 0.34: still named
+    assert not mesh.s.is_suspended("dead", mesh.now)
+    fail(mesh, "dead", FailureKind.TIMEOUT, 1)  # 0.24: suspended
+    assert mesh.s.is_suspended("dead", mesh.now)
+    fail(mesh, "full", FailureKind.BUSY, 20)
+    full = mesh.s.peer("full")
+    assert full is not None and full.success == 1.0 and full.failures == 20
+    assert not mesh.s.is_suspended("full", mesh.now)
+    assert mesh.s.stats.suspensions == 1
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [FailureKind.CONNECT, FailureKind.TIMEOUT, FailureKind.PROTOCOL, FailureKind.OTHER,
+     FailureKind.NOT_FOUND],
+)  # fmt: skip
+def test_every_real_failure_kind_can_suspend(kind: FailureKind) -> None:
+    mesh = Mesh()
+    mesh.add("dead")
+    mesh.add("me")
+    fail(mesh, "dead", kind, 4)
+    assert mesh.s.is_suspended("dead", mesh.now)
+
+
+def test_a_suspended_parent_is_named_for_no_blob_until_its_time_is_up() -> None:
+    mesh = Mesh(suspend_seconds=10.0, probation_success=0.5, peer_ttl=1000.0)
+    for name in ("flaky", "good", "me"):
+        mesh.add(name)
+    for blob in (BLOB, OTHER):
+        mesh.hold("flaky", (0, 10), blob=blob)
+    mesh.hold("good", (0, 10))
+    fail(mesh, "flaky", FailureKind.CONNECT, 4)
+    assert parents_of(only_plan(mesh.ask("me", (0, 10)))) == ["good"]
+    assert spans(mesh.ask("me", (0, 10), blob=OTHER)) == [("origin", 0, 10)]
+    mesh.now = 9.9
+    assert parents_of(only_plan(mesh.ask("me", (0, 10)))) == ["good"]
+    mesh.now = 10.0
+    assert parents_of(only_plan(mesh.ask("me", (0, 10), blob=OTHER))) == ["flaky"]
+    flaky = mesh.s.peer("flaky")
+    assert flaky is not None and flaky.success == pytest.approx(0.5)  # on probation
+    fail(mesh, "flaky", FailureKind.CONNECT, 1)  # 0.35: one failure is not enough ...
+    assert not mesh.s.is_suspended("flaky", mesh.now)
+    fail(mesh, "flaky", FailureKind.CONNECT, 1)  # ... two are
+    assert mesh.s.is_suspended("flaky", mesh.now)
+    assert mesh.s.is_suspended("flaky", 19.9) and mesh.s.stats.suspensions == 2
+
+
+def test_chunks_only_a_suspended_seed_holds_go_to_the_origin_sparingly() -> None:
+    mesh = Mesh(origin_limit=2, origin_retry_ms=700, peer_ttl=1000.0)
+    mesh.add("seed", seed=True, capacity=100)
+    mesh.add("seed2", seed=True, capacity=100)  # alive: chunks nobody holds still go to it
+    for name in ("a", "b", "c", "d"):
+        mesh.add(name)
+    mesh.hold("seed", (0, 10))
+    fail(mesh, "seed", FailureKind.CONNECT, 4, asker="a")
+    mesh.s.drain_changes()
+    assert spans(mesh.ask("a", (0, 12))) == [("origin", 0, 10), ("retry", 10, 12)]
+    assert spans(mesh.ask("b", (0, 10))) == [("origin", 0, 10)]
+    late = mesh.ask("c", (0, 10))
+    assert spans(late) == [("retry", 0, 10)]
+    assert isinstance(late.plans[0], RetryLater) and late.plans[0].retry_after_ms == 700
+    assert [t.ranges for t in mesh.s.queued_seed_tasks()] == [((10, 12),)]  # none for 0-10
+    assert mesh.s.take_seed_tasks("seed", mesh.now) == []  # a suspended seed takes none
+    assert [t.ranges for t in mesh.s.take_seed_tasks("seed2", mesh.now)] == [((10, 12),)]
+    mesh.hold("a", (0, 10))  # an asker has them now: the others fetch from it
+    assert parents_of(only_plan(mesh.ask("d", (0, 10)))) == ["a"]
+
+
+def test_with_only_a_suspended_seed_unheld_chunks_go_to_the_origin() -> None:
+    mesh = Mesh(origin_limit=1, peer_ttl=1000.0)
+    mesh.add("seed", seed=True)
+    mesh.add("a")
+    mesh.add("b")
+    fail(mesh, "seed", FailureKind.TIMEOUT, 4, asker="a")
+    assert spans(mesh.ask("a", (0, 10))) == [("origin", 0, 10)]
+    assert spans(mesh.ask("b", (0, 10))) == [("retry", 0, 10)]
+    assert mesh.s.queued_seed_tasks() == []  # its chunks would only be stranded on it
+
+
+def test_suspending_a_parent_is_a_reputation_event() -> None:
+    mesh = Mesh(suspend_seconds=7.5)
+    mesh.add("dead")
+    mesh.add("me")
+    fail(mesh, "dead", FailureKind.CONNECT, 3)
+    fail(mesh, "dead", FailureKind.NOT_FOUND, 2)  # the second one lands while suspended
+    events = mesh.s.drain_changes().events
+    assert [(e.peer_id, e.kind, e.blob_id) for e in events] == [
+        *[("dead", "connect", BLOB)] * 3,
+        *[("dead", "not_found", BLOB)] * 2,
+    ]
+    assert [e.detail for e in events] == ["", "", "", "suspended for 7.5 s", ""]
+    assert events[3].delta == pytest.approx(0.7**4 - 0.7**3)
+
+
+def test_a_peer_that_leaves_while_suspended_is_forgotten() -> None:
+    mesh = Mesh(peer_ttl=1000.0)
+    mesh.add("dead")
+    mesh.add("me")
+    fail(mesh, "dead", FailureKind.CONNECT, 4)
+    mesh.s.leave(Leave(peer_id="dead"), mesh.now)
+    mesh.add("dead")  # back as a new peer: no suspension carried over
+    mesh.hold("dead", (0, 10))
+    assert parents_of(only_plan(mesh.ask("me", (0, 10)))) == ["dead"]
+    mesh.now = 11.0
+    mesh.s.expire(mesh.now)  # nothing left to lift
+    assert not mesh.s.is_suspended("dead", mesh.now)
+
+
 # --- lifecycle and errors ----------------------------------------------------------------------
 
 
