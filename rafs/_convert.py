@@ -2,9 +2,11 @@
 
 Each source layer is streamed into the work directory (its digest checked), built into one
 Nydus blob and a per-layer bootstrap that keeps the layer's whiteouts, and remembered in the
-conversion cache; the layer bootstraps are merged into the image's bootstrap. Then, into
-the target repository: every blob the bootstrap uses (built here, or a chunk dictionary's
-blob mounted or copied in), the bootstrap layer, the new config, and last the manifest.
+conversion cache; the layer bootstraps are merged into the image's bootstrap, which alone
+gets the prefetch table (a listed path may live in any layer, so neither a layer's build
+nor its cache key depends on the list). Then, into the target repository: every blob the
+bootstrap uses (built here, or a chunk dictionary's blob mounted or copied in), the
+bootstrap layer, the new config, and last the manifest.
 
 The pushed image follows Nydus's converter: blob layers (media type
 `application/vnd.oci.image.layer.nydus.blob.v1`, annotated `containerd.io/snapshot/nydus-blob:
@@ -25,7 +27,7 @@ import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +35,7 @@ from ._builder import BuildOptions, build, writer_for
 from ._chunkdicts import BlobOrigin, ChunkDicts, load_chunk_dicts
 from ._errors import RafsError
 from ._load import load_bootstrap
-from ._merge import merge
+from ._merge import build_merged, choose_prefetch, overlay
 from ._nydusimage import (
     ANNOTATION_BLOB,
     ANNOTATION_BOOTSTRAP,
@@ -84,6 +86,9 @@ class ConvertRequest:
     chunk_dicts: tuple[str, ...] = ()
     source_access: RegistryAccess = field(default_factory=RegistryAccess)
     target_access: RegistryAccess = field(default_factory=RegistryAccess)
+    # Absolute paths for the merged bootstrap's prefetch table (never a layer's: the layer
+    # cache key does not depend on them); `options.prefetch_files` is not used.
+    prefetch_patterns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -102,6 +107,8 @@ class ConvertSummary:
     blobs_mounted: int = 0  # cross-repository mounts (chunk dictionary blobs)
     bytes_pushed: int = 0  # blobs, bootstrap layer and config sent this run
     chunk_dict_blobs: list[str] = field(default_factory=list)
+    prefetch: list[str] = field(default_factory=list)  # paths the prefetch table names
+    prefetch_ignored: list[str] = field(default_factory=list)  # one warning line each
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -162,7 +169,7 @@ class _Conversion:
         dicts: ChunkDicts,
     ) -> None:
         self.req = req
-        self.opts = req.options
+        self.opts = replace(req.options, prefetch_files=())
         self.work = work
         self.source, self.target = source, target
         self.pull, self.push = source_client, target_client
@@ -272,8 +279,13 @@ class _Conversion:
         return dump_v5(result.bootstrap), result.blob.blob_id if result.blob else None
 
     def _merge(self, records: list[LayerRecord]) -> tuple[bytes, list[str]]:
-        boots = [load_bootstrap(r.bootstrap) for r in records]
-        merged = merge(boots, self.opts).bootstrap
+        """The image's bootstrap, its prefetch table taken from the request's patterns."""
+        tree = overlay([load_bootstrap(r.bootstrap) for r in records])
+        choice = choose_prefetch(tree, self.req.prefetch_patterns)
+        self.summary.prefetch = list(choice.paths)
+        self.summary.prefetch_ignored = list(choice.ignored)
+        opts = replace(self.opts, prefetch_files=choice.paths)
+        merged = build_merged(tree, opts).bootstrap
         return dump_v5(merged), [b.blob_id for b in merged.blobs]
 
     # --- pushing ------------------------------------------------------------------------

@@ -6,13 +6,22 @@ ones (a 0:0 character device removes, `trusted.overlay.opaque=y` hides). Chunks 
 pointing at their layer's blob; the merged blob table is the union in layer order.
 A directory a layer holds only as a parent of its entries (marked `IMPLICIT_DIR` by the
 tar importer) keeps the metadata it has below, as OCI layer rules want.
+
+A prefetch list (Nydus's `--prefetch-patterns`) belongs to the merged image, not to a
+layer: a path may live in any layer, or be removed by an upper one. `choose_prefetch`
+matches it against the merged tree the way Nydus's builder does: absolute paths only, a
+path below an earlier one adds nothing, and a path that is not in the image is left out
+(Nydus drops it silently; here the caller is told, to warn).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import stat
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._builder import BuildOptions, BuildResult, ChunkDict, build, writer_for
@@ -26,19 +35,70 @@ OPAQUE_MARKER = b".wh..wh..opq"
 OVERLAY_OPAQUE = b"trusted.overlay.opaque"
 
 
+@dataclass
+class MergedTree:
+    """The layers laid over each other, before it is built into a bootstrap."""
+
+    root: SourceEntry
+    blobs: list[BlobInfo]  # every layer's blobs, in layer order
+
+
+@dataclass(frozen=True)
+class PrefetchChoice:
+    paths: tuple[str, ...]  # for `BuildOptions.prefetch_files`, in the order given
+    ignored: tuple[str, ...]  # one line per pattern left out, saying why
+
+
 def merge(layers: list[Bootstrap], opts: BuildOptions) -> BuildResult:
+    return build_merged(overlay(layers), opts)
+
+
+def overlay(layers: list[Bootstrap]) -> MergedTree:
     if not layers:
         raise BuildError("merge needs at least one layer bootstrap")
+    tree = MergedTree(new_root(), [])
     blob_ids: list[str] = []
-    blobs: list[BlobInfo] = []
-    root = new_root()
     for layer in layers:
         _check_compatible(layers[0], layer)
-        place = _place_blobs(layer, blob_ids, blobs)
-        overlay = _to_source(layer, place)
-        _apply(root, overlay, is_root=True)
+        place = _place_blobs(layer, blob_ids, tree.blobs)
+        _apply(tree.root, _to_source(layer, place), is_root=True)
+    return tree
+
+
+def build_merged(tree: MergedTree, opts: BuildOptions) -> BuildResult:
     with tempfile.TemporaryDirectory() as tmp:
-        return build(root, opts, writer_for(Path(tmp), opts, None), ChunkDict(blobs=blobs))
+        writer = writer_for(Path(tmp), opts, None)
+        return build(tree.root, opts, writer, ChunkDict(blobs=tree.blobs))
+
+
+def choose_prefetch(tree: MergedTree, patterns: Sequence[str]) -> PrefetchChoice:
+    """The patterns the merged image's prefetch table can name, and why others cannot."""
+    paths: list[str] = []
+    ignored: list[str] = []
+    for raw in (p.strip() for p in patterns):
+        if not raw:
+            continue
+        path = "/" + posixpath.normpath(raw).lstrip("/")
+        if not raw.startswith("/"):
+            ignored.append(f"prefetch path {raw} is not absolute: ignored")
+        elif _find(tree.root, path) is None:
+            ignored.append(f"prefetch path {raw} is not in the image: ignored")
+        elif not any(_below(path, earlier) for earlier in paths):
+            paths.append(path)
+    return PrefetchChoice(tuple(paths), tuple(ignored))
+
+
+def _find(root: SourceEntry, path: str) -> SourceEntry | None:
+    node: SourceEntry | None = root
+    for name in path.encode(errors="surrogateescape").split(b"/"):
+        if name and node is not None:
+            node = node.children.get(name)
+    return node
+
+
+def _below(path: str, ancestor: str) -> bool:
+    """`path` is `ancestor` or inside it (a directory's prefetch covers its subtree)."""
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
 
 def _check_compatible(first: Bootstrap, layer: Bootstrap) -> None:

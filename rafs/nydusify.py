@@ -1,12 +1,18 @@
 """`nydusify`: convert an OCI image in a registry into a Nydus image, and check the result.
 
     nydusify convert --source REF --target REF [--chunk-dict DICT ...] [--platform P]
-                     [--chunk-size N] [--compressor C] [--work-dir DIR] [--output-json FILE]
+                     [--chunk-size N] [--compressor C] [--prefetch-patterns < LIST]
+                     [--work-dir DIR] [--output-json FILE]
     nydusify check --source REF --target REF [--mount] [--platform P] [--output-json FILE]
 
 Flags follow Nydus's nydusify where it has them. Registries on loopback speak plain HTTP,
 others with `--source-insecure`/`--target-insecure`; credentials come from
 `--source-creds`/`--target-creds USER:PASSWORD` or the Docker config file.
+
+`--prefetch-patterns` reads the image's prefetch list from STDIN, as Nydus's nydusify does:
+absolute paths, one a line, a directory standing for everything below it. The list goes
+into the merged bootstrap's prefetch table (nydusd fetches those files first). As in Nydus,
+a path that is not absolute or not in the image is left out; here with a warning line.
 
 Exit status: `convert` 0 when pushed, 1 on failure; `check` 0 when the images are the
 same, 1 when they differ (the differences on stdout), 2 when they could not be compared.
@@ -94,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_number, default=0x100000, help="default 0x100000")
     p.add_argument("--compressor", default="zstd", choices=["none", "zstd", "lz4_block", "gzip"])
     p.add_argument("--fs-version", default="5", choices=["5"], help="RAFS version written")
+    p.add_argument(
+        "--prefetch-patterns",
+        action="store_true",
+        help="read the prefetch list from STDIN: absolute paths, one a line",
+    )
     p.set_defaults(handler=cmd_convert)
     p = sub.add_parser("check", help="compare a Nydus image with its source, file by file")
     _common(p)
@@ -160,12 +171,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
         chunk_dicts=tuple(args.chunk_dict),
         source_access=_access(args, "source"),
         target_access=_access(args, "target"),
+        prefetch_patterns=_prefetch_patterns(args.prefetch_patterns),
     )
     with _steps() as steps:
         summary = uvloop.run(convert_image(req, steps))
+    for warning in summary.prefetch_ignored:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     print(_convert_text(summary))
     _emit_json(args.output_json, summary.to_json())
     return 0
+
+
+def _prefetch_patterns(from_stdin: bool) -> tuple[str, ...]:
+    if not from_stdin:
+        return ()
+    return tuple(line.strip() for line in sys.stdin.read().splitlines() if line.strip())
 
 
 @contextlib.contextmanager
@@ -183,7 +203,7 @@ def _convert_text(s: ConvertSummary) -> str:
         f"  {s.layers} layers: {s.converted} built, {s.reused} from the cache; "
         f"{s.blobs} blobs: {s.blobs_pushed} pushed, {s.blobs_present} present, "
         f"{s.blobs_mounted} mounted; {_size(s.bytes_pushed)} pushed in {s.seconds:.1f} s"
-    )
+    ) + (f"\n  prefetch table: {', '.join(s.prefetch)}" if s.prefetch else "")
 
 
 def _size(count: int) -> str:

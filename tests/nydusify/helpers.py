@@ -25,8 +25,11 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 
 
-def nydusify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([NYDUSIFY, *args], capture_output=True, text=True, timeout=120, env=env)
+def nydusify(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([NYDUSIFY, *args], capture_output=True, text=True, timeout=120,
+                          env=env, input=stdin)  # fmt: skip
 
 
 def creds_args(server: RegistryServer) -> list[str]:
@@ -37,15 +40,23 @@ def creds_args(server: RegistryServer) -> list[str]:
 
 
 def convert(
-    server: RegistryServer, source: str, target: str, work: Path, *extra: str
+    server: RegistryServer,
+    source: str,
+    target: str,
+    work: Path,
+    *extra: str,
+    stdin: str | None = None,
+    warnings: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Convert `source` to `target` (repo:tag on `server`); the JSON summary."""
+    """Convert `source` to `target` (repo:tag on `server`); the JSON summary. The run must
+    print exactly `warnings` (each after `nydusify: warning: `) on stderr, nothing else."""
     out = work.parent / f"summary-{len(list(work.parent.glob('summary-*')))}.json"
     run = nydusify("convert", "--source", f"{server.host}/{source}",
                    "--target", f"{server.host}/{target}", "--work-dir", str(work),
-                   "--output-json", str(out), *creds_args(server), *extra)  # fmt: skip
+                   "--output-json", str(out), *creds_args(server), *extra,
+                   stdin=stdin)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert run.stderr == ""
+    assert run.stderr.splitlines() == [f"nydusify: warning: {w}" for w in warnings]
     summary: dict[str, Any] = json.loads(out.read_text())
     return summary
 

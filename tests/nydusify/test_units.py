@@ -1,5 +1,6 @@
 """The pieces of nydusify without a registry: comparing trees, chunk dict names, Docker
-credentials, the conversion cache, and merging layers whose tars leave directories out."""
+credentials, the conversion cache, merging layers whose tars leave directories out, and
+matching a prefetch list against the merged tree."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import pytest
 from rafs._builder import BuildOptions, build, writer_for
 from rafs._chunkdicts import ChunkDictError, parse_spec
 from rafs._imagecheck import EntryFacts, TreeFacts, compare
-from rafs._merge import merge
+from rafs._merge import MergedTree, PrefetchChoice, choose_prefetch, merge
 from rafs._oci import ImageReference
 from rafs._regaccess import docker_credentials, parse_credentials
 from rafs._registry import RegistryError
+from rafs._source import SourceEntry, new_root
 from rafs._tarimport import IMPLICIT_DIR, import_tar
 from rafs._workdir import WorkDir
 
@@ -169,3 +171,39 @@ def test_merge_keeps_lower_metadata_of_directories_a_layer_leaves_out(tmp_path: 
         b"/new/sub/c",
     ]
     assert not any(IMPLICIT_DIR in i.xattrs for i in merged.inodes.values())
+
+
+# --- the prefetch list ---------------------------------------------------------------------
+
+
+def _merged_tree() -> MergedTree:
+    """/etc/hosts, /usr/bin/sh, /usr/lib/, and a name that is not UTF-8."""
+    root = new_root()
+    for path in (b"etc/hosts", b"usr/bin/sh", b"usr/lib/", b"caf\xe9"):
+        node = root
+        *dirs, name = path.split(b"/")
+        for part in dirs:
+            node = node.children.setdefault(part, SourceEntry(part, stat.S_IFDIR | 0o755))
+        if name:
+            node.children[name] = SourceEntry(name, stat.S_IFREG | 0o644)
+    return MergedTree(root, [])
+
+
+@pytest.mark.parametrize(
+    ("patterns", "paths", "ignored"),
+    [
+        ([], [], []),
+        (["/usr/bin/sh", "/etc"], ["/usr/bin/sh", "/etc"], []),
+        (["/usr", "/usr/bin/sh", "/usr/lib"], ["/usr"], []),  # below an earlier one: nothing
+        (["/usr/bin/sh", "/usr"], ["/usr/bin/sh", "/usr"], []),  # Nydus keeps both too
+        (["/", "/etc"], ["/"], []),
+        (["  /etc/hosts ", "", "/etc/hosts/", "//etc/./hosts"], ["/etc/hosts"], []),
+        (["/usr/bi"], [], ["prefetch path /usr/bi is not in the image: ignored"]),
+        (["/etc/hosts/x"], [], ["prefetch path /etc/hosts/x is not in the image: ignored"]),
+        (["etc/hosts"], [], ["prefetch path etc/hosts is not absolute: ignored"]),
+        (["/caf\udce9"], ["/caf\udce9"], []),  # names are bytes; surrogateescape as the builder
+    ],
+)
+def test_choose_prefetch(patterns: list[str], paths: list[str], ignored: list[str]) -> None:
+    got = choose_prefetch(_merged_tree(), patterns)
+    assert got == PrefetchChoice(tuple(paths), tuple(ignored))
