@@ -15,7 +15,12 @@ per plan:
 When the origin then fails, the mesh is asked once more (for at most `after_origin_wait`
 seconds): a peer may have got the chunks meanwhile. Only if it has not does `get` fail.
 
-A plan whose parents all failed earlier in this fetch goes to the origin at once.
+A plan whose parents all failed earlier in this fetch goes to the origin at once: the
+failures were reported before the plan was asked for, so the supernode still names those
+parents only while it has too few reports to suspend them. Once it suspends a parent, it
+names it to nobody and answers for the chunks only that parent held with `FromOrigin` for a
+few askers and `RetryLater` for the rest, who then fetch from those; so a dead parent costs
+one failed request per fetch until then, and at most `max_wait` after.
 
 After each round it reports per parent what happened (`PieceResults`). A parent that sent
 a chunk with a wrong digest is reported and distrusted for the blob for good; a failing

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +52,11 @@ class CountingOrigin:
     def __init__(self, blob: Blob) -> None:
         self.blob = blob
         self.chunks = 0
+        self.indices: Counter[int] = Counter()
 
     async def get(self, ref: BlobRef, chunks: Sequence[ChunkInfo]) -> list[FetchedChunk]:
         self.chunks += len(chunks)
+        self.indices.update(c.index for c in chunks)
         return [verify_chunk(ref, c, self.blob.stored[c.index]) for c in chunks]
 
     async def close(self) -> None:
@@ -119,10 +122,10 @@ class Mesh_:
         return FetchedChunk(good.info, bytes(bad), good.data)  # as a rotten disk would
 
     async def requester(
-        self, config: MeshConfig | None = None
+        self, config: MeshConfig | None = None, name: str = "me"
     ) -> tuple[MeshSource, CountingOrigin, PeerMetrics]:
         metrics = PeerMetrics()
-        reg = Register(peer_id="me", host_name="host-me", ip="127.0.0.1", upload_port=1,
+        reg = Register(peer_id=name, host_name=f"host-{name}", ip="127.0.0.1", upload_port=1,
                        http_url="http://127.0.0.1:1")  # fmt: skip
         session = SupernodeSession(SupernodeClient(self.url), reg, metrics)
         assert await session._register()
@@ -256,6 +259,36 @@ async def test_a_lying_parent_is_distrusted_for_good_and_the_truth_comes_from_an
     served = liar.served()
     await asyncio.gather(*(source.get(mesh.blob.ref, [c]) for c in mesh.blob.chunks))
     assert liar.served() == served  # never asked again for this blob
+
+
+async def test_a_dead_only_parent_is_suspended_and_then_few_requesters_go_to_the_origin(
+    mesh: Mesh_,
+) -> None:
+    await mesh.join("dead", f"http://127.0.0.1:{free_port()}")
+    scheduler = mesh.app[SUPERNODE].scheduler
+    policy = scheduler.config
+    # the first failures: each requester fails against "dead", reports it, and goes to the
+    # origin (named "dead" again, or by an origin allowance once it is suspended)
+    first: list[CountingOrigin] = []
+    while not scheduler.stats.suspensions and len(first) < 10:
+        source, origin, _ = await mesh.requester(name=f"first{len(first)}")
+        await _get_all(source, mesh.blob)
+        first.append(origin)
+    tipping = next(n for n in range(1, 20) if (1 - policy.ewma_alpha) ** n < policy.suspend_below)
+    assert len(first) == tipping and all(o.chunks == COUNT for o in first)
+    # the first ones keep their chunks to themselves; later requesters, all at once, are
+    # never sent to "dead": a few go to the origin, the rest fetch from them
+    later = [await mesh.requester(name=f"later{i}") for i in range(6)]
+
+    async def fetch_then_serve(source: MeshSource, name: str) -> None:
+        await _get_all(source, mesh.blob)
+        await mesh.parent(name)  # holds and announces what it fetched
+
+    await asyncio.gather(*(fetch_then_serve(s, f"later{i}") for i, (s, _, _) in enumerate(later)))
+    per_chunk = sum((origin.indices for _, origin, _ in later), Counter[int]())
+    assert max(per_chunk.values()) <= policy.origin_limit  # not once per requester
+    assert all(_failures(metrics, "connect") == 0 for _, _, metrics in later)
+    assert sum(p.served() for p in mesh.parents) > 0  # the others fetched from the few
 
 
 class FailingOrigin(CountingOrigin):
