@@ -1,9 +1,11 @@
 """Background prefetch: fetch a list of files (or every chunk) ahead of the reads.
 
 Files are taken in the order of the list, a directory meaning every file below it; with
-`everything`, all chunks of all blobs in blob order. Batches are consecutive chunks of one
-blob, so the origin serves them in few range requests. At most `parallel` batches are in
-flight, so a read (which never waits in this queue) still gets through at once.
+`everything`, all chunks of all blobs in blob order. The list is the bootstrap's own
+prefetch table (`table_chunks`) unless the user names files or everything. Batches are
+consecutive chunks of one blob, so the origin serves them in few range requests. At most
+`parallel` batches are in flight, so a read (which never waits in this queue) still gets
+through at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from rafs import Bootstrap, ChunkInfo, Inode, RafsError
+from rafs import Bootstrap, ChunkInfo, CorruptBootstrap, Inode, RafsError
 from rafs._chunksource import BlobRef, ChunkSource
 
 log = logging.getLogger("nydusd.prefetch")
@@ -112,3 +114,17 @@ def all_chunks(boot: Bootstrap) -> list[ChunkInfo]:
     """Every chunk of the image once, in blob order, so blobs are read front to back."""
     chunks = unique_chunks(boot.inodes.values())
     return sorted(chunks, key=lambda c: (c.blob_index, c.compressed_offset))
+
+
+def table_roots(boot: Bootstrap) -> list[Inode]:
+    """What the bootstrap's prefetch table names (inos), in table order."""
+    by_ino = {inode.ino: inode for inode in boot.inodes.values()}
+    for ino in boot.prefetch:
+        if ino not in by_ino:
+            raise CorruptBootstrap("prefetch table ino", ino)
+    return [by_ino[ino] for ino in boot.prefetch]
+
+
+def table_chunks(boot: Bootstrap) -> list[ChunkInfo]:
+    """Chunks of the files the bootstrap's prefetch table names, each once, in table order."""
+    return unique_chunks(files_under(boot, table_roots(boot)))

@@ -7,7 +7,10 @@ Chunks come from the local verified cache, else from the origin (a directory of 
 an OCI registry, S3-compatible storage), every one checked against its digest. A registry
 is asked with `--creds`, else with the Docker config's entry for its host
 (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, as `docker login` writes it).
-Runs in the foreground until SIGINT/SIGTERM, then unmounts.
+In the background it fetches first the files of the bootstrap's prefetch table (as Nydus's
+nydusd with fs prefetch on), or those of `--prefetch-files`, or everything with
+`--prefetch-all`; `--no-prefetch` fetches nothing ahead. Runs in the foreground until
+SIGINT/SIGTERM, then unmounts.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from pathlib import Path
 
 import uvloop
 
-from rafs import RafsError
+from rafs import Bootstrap, ChunkInfo, RafsError
 from rafs._load import load_bootstrap
 from rafs._regaccess import RegistryCredentials, parse_credentials
 
 from ._daemon import Daemon, DaemonConfig
-from ._prefetch import all_chunks, files_under, unique_chunks
+from ._prefetch import all_chunks, files_under, table_chunks, unique_chunks
 from ._sources import SourceOptions, open_image, open_source
 
 PROG = "nydusd"
@@ -51,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     pre = p.add_mutually_exclusive_group()
     pre.add_argument("--prefetch-files", type=Path, help="file listing paths to fetch first")
     pre.add_argument("--prefetch-all", action="store_true", help="fetch every chunk in background")
+    pre.add_argument(
+        "--no-prefetch", action="store_true", help="not even the bootstrap's prefetch table"
+    )
     p.add_argument("--validate", action="store_true", help="re-verify cached chunks on every read")
     p.add_argument("--apisock", type=Path, help="unix socket for the state and metrics API")
     p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
@@ -115,6 +121,7 @@ async def _run(args: argparse.Namespace) -> None:
     else:
         boot_path, backend, label = args.bootstrap, None, str(args.bootstrap)
     boot = load_bootstrap(boot_path)
+    prefetch = _prefetch(args, boot)
     source, counters = await open_source(opts, backend)
     config = DaemonConfig(
         boot=boot,
@@ -124,16 +131,28 @@ async def _run(args: argparse.Namespace) -> None:
         apisock=args.apisock,
         allow_other=not args.no_allow_other,
         counters=counters,
+        prefetch=prefetch,
     )
-    if args.prefetch_all:
-        config.prefetch = all_chunks(boot)
-    elif args.prefetch_files:
-        names = [n.strip() for n in args.prefetch_files.read_text().splitlines() if n.strip()]
-        config.prefetch = unique_chunks(files_under(boot, [boot.lookup(n) for n in names]))
     try:
         await Daemon(config).run()
     finally:
         await source.close()
+
+
+def _prefetch(args: argparse.Namespace, boot: Bootstrap) -> list[ChunkInfo]:
+    """The chunks to fetch ahead: the flags' choice, else the bootstrap's own table."""
+    if args.no_prefetch:
+        return []
+    if args.prefetch_all:
+        return all_chunks(boot)
+    if args.prefetch_files:
+        names = [n.strip() for n in args.prefetch_files.read_text().splitlines() if n.strip()]
+        return unique_chunks(files_under(boot, [boot.lookup(n) for n in names]))
+    chunks = table_chunks(boot)
+    if chunks:
+        log.info("prefetching the bootstrap's table: %d entries, %d chunks",
+                 len(boot.prefetch), len(chunks))  # fmt: skip
+    return chunks
 
 
 def _credentials(creds: str | None) -> RegistryCredentials:
