@@ -4,7 +4,9 @@ origin.
 The bootstrap comes the way `nydusd --image` gets it (`fuse._sources.open_image`); the
 image's blobs enter the catalog with origin URLs that name the bootstrap layer (so a seed
 can verify what it fetches, see `_origins`); the mount is a `fuse._daemon.Daemon` whose
-source is `CachedSource(cache, MeshSource(mesh, catalog, OriginSource(registry)))`.
+source is `CachedSource(cache, MeshSource(mesh, catalog, OriginSource(registry)))`. Like
+`nydusd`, the mount fetches the files of the bootstrap's prefetch table in the background,
+through that same stack (so from peers first), before they are read.
 
 Rule: the mount reads only through that stack, so every byte it hands out was verified
 (by the cache when stored, by the mesh fetcher or the origin when fetched).
@@ -16,6 +18,7 @@ import asyncio
 from dataclasses import dataclass
 
 from fuse._daemon import DaemonConfig
+from fuse._prefetch import table_chunks
 from fuse._sources import SourceOptions, open_image
 from rafs._backends import RegistryBackend
 from rafs._cache import CachedSource
@@ -53,6 +56,7 @@ async def prepare_mount(node: PeerNode, spec: MountSpec, number: int) -> Prepare
             raise UsageError(f"--mount {spec.reference}: the image's blobs are not in a registry")
         digest = await _bootstrap_digest(backend, spec.reference, opts.platform)
         boot = await asyncio.to_thread(load_bootstrap, boot_path)
+        prefetch = table_chunks(boot)
     except BaseException:
         await backend.close()
         raise
@@ -72,6 +76,7 @@ async def prepare_mount(node: PeerNode, spec: MountSpec, number: int) -> Prepare
         image=spec.reference,
         apisock=sockets / f"{number}.sock",
         counters=lambda: _counters(source),
+        prefetch=prefetch,
     )
     return PreparedMount(spec, config, source)
 
