@@ -16,7 +16,9 @@ shared by every connection), so the registry sits behind a 100 Mbit/s link:
   the working set from the bundle's rootfs;
 - Nydus: start `nydusd --image PROXY/lazy:nydus` with an empty cache dir, wait for the
   mount, read the working set through it (timed from starting nydusd to the last byte);
-  and the same with the working set as nydusd's `--prefetch-files` list, reported beside.
+  and the same with the working set as nydusd's `--prefetch-files` list, reported beside;
+  with `--table-prefetch`, also an image converted with the working set as its own prefetch
+  list (`nydusify convert --prefetch-patterns`), which nydusd prefetches unasked.
 
 The working set is what a real program opens at start: `strace -f -e trace=openat` of
 this Python importing boto3, jinja2, yaml, sqlite3, ssl and asyncio and making a boto3
@@ -36,6 +38,7 @@ root. Every process it starts (registry, proxy, nydusd, squashfuse) is stopped a
 mount unmounted in `finally` blocks, also on Ctrl-C or SIGTERM; the work dir is removed.
 
     .venv/bin/python benchmarks/lazy_start.py [--runs 3] [--out-json F] [--small]
+                                              [--table-prefetch]
 """
 
 from __future__ import annotations
@@ -94,12 +97,13 @@ BUF = 1 << 20
 # --- running tools -------------------------------------------------------------------
 
 
-def run(cmd: list[str], timeout: float, *, cwd: Path | None = None) -> str:
+def run(
+    cmd: list[str], timeout: float, *, cwd: Path | None = None, stdin: str | None = None
+) -> str:
     """Run a tool to completion; its stdout, or BenchmarkError with its stderr."""
     try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, errors="replace"
-        )
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              errors="replace", input=stdin)  # fmt: skip
     except subprocess.TimeoutExpired:
         raise BenchmarkError(f"{shown(cmd)} timed out after {timeout:.0f} s") from None
     if done.returncode != 0:
@@ -630,6 +634,12 @@ def oci_run(proxy: LinkProxy, work: Path, files: list[str], timeout: float) -> S
     return StartRun(total, steps, proxy.down.bytes - sent, n, extra)
 
 
+def nydusify_cmd(host: str, tag: str, work: Path, summary: Path) -> list[str]:
+    return [venv_tool("nydusify"), "convert", "--source", f"{host}/{REPO}:oci", "--target",
+            f"{host}/{REPO}:{tag}", "--work-dir", str(work / "nydusify"), "--output-json",
+            str(summary)]  # fmt: skip
+
+
 def nydusd_image_cmd(
     ref: str, mnt: Path, cache: Path, sock: Path, prefetch: Path | None = None
 ) -> list[str]:
@@ -646,6 +656,7 @@ def nydus_run(
     *,
     check: str | None = None,
     prefetch: Path | None = None,
+    tag: str = "nydus",
 ) -> StartRun:
     """Start nydusd on an empty cache, read the set through the mount; then stop it."""
     mnt, cache, sock = work / "mnt-lazy", work / "cache-lazy", work / "nydusd.sock"
@@ -654,7 +665,7 @@ def nydus_run(
     with open(work / "nydusd-lazy.log", "ab") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            nydusd_image_cmd(f"{proxy.address}/{REPO}:nydus", mnt, cache, sock, prefetch),
+            nydusd_image_cmd(f"{proxy.address}/{REPO}:{tag}", mnt, cache, sock, prefetch),
             stdout=log, stderr=log,
         )  # fmt: skip
         try:
@@ -870,10 +881,12 @@ def _lazy_start(
     layout = work / "oci"
     make_oci_image(work / "rootfs", layout, sources(), args.timeout)
     run(skopeo(f"oci:{layout}:{REPO}", f"docker://{host}/{REPO}:oci"), args.timeout)
-    convert = [venv_tool("nydusify"), "convert", "--source", f"{host}/{REPO}:oci", "--target",
-               f"{host}/{REPO}:nydus", "--work-dir", str(work / "nydusify"), "--output-json",
-               str(work / "convert.json")]  # fmt: skip
+    convert = nydusify_cmd(host, "nydus", work, work / "convert.json")
     run(convert, args.timeout)
+    table = [*nydusify_cmd(host, "nydus-table", work, work / "convert-table.json"),
+             "--prefetch-patterns"]  # fmt: skip
+    if args.table_prefetch:  # the layers come from the conversion cache: only a new merge
+        run(table, args.timeout, stdin="\n".join(ws.files) + "\n")
     shutil.rmtree(work / "nydusify", ignore_errors=True)
     proxy = LinkProxy(host, args.link_mbit * 1e6 / 8)
     proxy.start()
@@ -884,17 +897,22 @@ def _lazy_start(
     oci: list[StartRun] = []
     nydus: list[StartRun] = []
     hinted: list[StartRun] = []
-    for n in range(args.runs):  # interleaved: a noisy neighbour hits all three
+    tabled: list[StartRun] = []
+    for n in range(args.runs):  # interleaved: a noisy neighbour hits all of them
         oci.append(oci_run(proxy, work, ws.files, args.timeout))
         first = check if n == 0 else None
         nydus.append(nydus_run(proxy, work, ws.files, args.timeout, check=first))
         hinted.append(nydus_run(proxy, work, ws.files, args.timeout, prefetch=hints))
+        if args.table_prefetch:
+            tabled.append(nydus_run(proxy, work, ws.files, args.timeout, check=first,
+                                    tag="nydus-table"))  # fmt: skip
         print(f"  run {n + 1}/{args.runs}: skopeo+umoci {oci[-1].total_s:7.2f} s, nydusd "
-              f"{nydus[-1].total_s:6.2f} s, with the prefetch list {hinted[-1].total_s:6.2f} s",
+              f"{nydus[-1].total_s:6.2f} s, with the prefetch list {hinted[-1].total_s:6.2f} s"
+              + (f", with it in the image {tabled[-1].total_s:6.2f} s" if tabled else ""),
               file=sys.stderr)  # fmt: skip
     converted = json.loads((work / "convert.json").read_text())
     ours, theirs, ours_hinted = summarize(nydus), summarize(oci), summarize(hinted)
-    return {
+    found = {
         "link_mbit": args.link_mbit,
         "oci_layer_bytes": layer_sizes(layout),
         "nydus_pushed_bytes": converted.get("bytes_pushed"),
@@ -914,6 +932,24 @@ def _lazy_start(
             "convert": shown(convert),
         },
     }  # fmt: skip
+    if tabled:
+        found |= _table_figures(theirs, summarize(tabled), table)
+    return found
+
+
+def _table_figures(
+    theirs: dict[str, Any], tabled: dict[str, Any], convert: list[str]
+) -> dict[str, Any]:
+    """The `--table-prefetch` runs: the working set in the image's own prefetch table."""
+    cmd = nydusd_image_cmd(f"PROXY/{REPO}:nydus-table", Path("MNT"), Path("CACHE"), Path("SOCK"))
+    return {
+        "nydus_table": tabled,
+        "speedup_table": round(theirs["median_s"] / tabled["median_s"], 2),
+        "table_commands": {
+            "convert": shown(convert) + " < LIST (LIST: the working set)",
+            "nydus_table": [shown(cmd), "read the set from MNT"],
+        },
+    }
 
 
 def ratios(lazy: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
@@ -981,6 +1017,11 @@ def print_report(report: dict[str, Any]) -> None:
             f"link {r['link_bytes'] / MB:.1f} MB  cpu {r['metrics']['cpu_s']:.2f} s"
         )
     print(f"  speedup: {lazy['speedup']}x (with the prefetch list {lazy['speedup_prefetch']}x)")
+    if "nydus_table" in lazy:
+        r = lazy["nydus_table"]
+        print(f"  with the list in the image's prefetch table: {r['median_s']:.2f} s "
+              f"(runs {r['runs_s']}), link {r['link_bytes'] / MB:.1f} MB, "
+              f"speedup {lazy['speedup_table']}x")  # fmt: skip
     print(f"local, same tree ({local['bytes'] / MB:.0f} MB, {local['entries']} entries):")
     for name, m in local["mounts"].items():
         print(
@@ -1020,6 +1061,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per tool run")
     p.add_argument("--tmp", type=Path, help="where the work dir goes (default: $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (debugging)")
+    p.add_argument(
+        "--table-prefetch",
+        action="store_true",
+        help="also time an image whose own prefetch table is the working set",
+    )
     args = p.parse_args(argv)
     if args.runs < 1 or args.timeout <= 0 or args.link_mbit <= 0:
         p.error("--runs, --timeout and --link-mbit must be positive")
