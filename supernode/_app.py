@@ -56,7 +56,7 @@ def make_app(config: SupernodeConfig) -> web.Application:
     node = Supernode(config.policy)
     engine = open_engine(config.db_url)
     repo = Repository(engine)
-    metrics.watch(lambda: node.peer_count, lambda: node.blob_count)
+    metrics.watch(lambda: node.peer_count, lambda: node.blob_count, lambda: node.suspended_count)
     app[CONFIG] = config
     app[METRICS] = metrics
     app[SUPERNODE] = node

@@ -29,6 +29,9 @@ class Metrics:
         r = self.registry
         self.peers = Gauge("supernode_peers", "Registered, unexpired peers", registry=r)
         self.blobs = Gauge("supernode_blobs", "Blobs the supernode knows of", registry=r)
+        self.suspended = Gauge(
+            "supernode_parents_suspended", "Peers suspended as parents for failing", registry=r
+        )
         self.decisions = Counter(
             "supernode_schedule_decisions", "Range plans handed out", ["kind"], registry=r
         )
@@ -71,10 +74,16 @@ class Metrics:
         for kind in _PLAN_KINDS.values():
             self.decisions.labels(kind)
 
-    def watch(self, peers: Callable[[], float], blobs: Callable[[], float]) -> None:
-        """Read the peer and blob gauges from the scheduler at scrape time."""
+    def watch(
+        self,
+        peers: Callable[[], float],
+        blobs: Callable[[], float],
+        suspended: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        """Read the peer, blob and suspension gauges from the scheduler at scrape time."""
         self.peers.set_function(peers)
         self.blobs.set_function(blobs)
+        self.suspended.set_function(suspended)
 
     def count_plans(self, plans: tuple[Plan, ...]) -> None:
         for plan in plans:

@@ -912,6 +912,10 @@ class Scheduler:
         until = (peer.suspended_until for peer in self._suspended.values())
         self._next_lift = min(until, default=math.inf)
 
+    def suspended_count(self, now: float) -> int:
+        """Parents suspended right now."""
+        return sum(1 for peer in self._suspended.values() if peer.suspended_until > now)
+
     def is_suspended(self, peer_id: str, now: float) -> bool:
         """True while the peer may not serve any blob because it kept failing."""
         peer = self._peers.get(peer_id)

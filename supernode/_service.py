@@ -189,6 +189,10 @@ class Supernode:
     def blob_count(self) -> int:
         return len(self.scheduler.blob_ids())
 
+    @property
+    def suspended_count(self) -> int:
+        return self.scheduler.suspended_count(self._clock())
+
     # --- admin --------------------------------------------------------------------------
 
     def blacklist(self, msg: BlacklistRequest) -> None:

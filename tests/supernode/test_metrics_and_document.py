@@ -14,7 +14,7 @@ from supernode import openapi_document
 from supernode._api import ENDPOINTS
 
 from .conftest import PostgresCluster, RunningSupernode, start_supernode, supernode_config
-from .test_api import announce, register, schedule
+from .test_api import BLOB, announce, register, schedule
 
 
 def _sample(metrics: bytes, line_start: str) -> float:
@@ -46,6 +46,23 @@ async def test_metrics_count_decisions_per_app(tmp_path: Path, http: aiohttp.Cli
     assert _sample(first, f'supernode_http_request_seconds_count{{method="POST",{route}}}') == 1
     assert _sample(second, "supernode_peers ") == 0
     assert _sample(second, 'supernode_schedule_decisions_total{kind="parents"}') == 0
+
+
+async def test_a_parent_suspended_for_failing_shows_in_the_gauge(
+    supernode: RunningSupernode,
+) -> None:
+    for peer in ("p1", "p2"):
+        await register(supernode, peer)
+    await announce(supernode, "p1", [[0, 5]])
+    _, before = await supernode.get("/metrics", auth={})
+    failed = {"parent_id": "p1", "failure": "connect"}
+    for _ in range(4):  # success 1.0 -> 0.24: below the 0.25 the default policy suspends at
+        body = {"peer_id": "p2", "blob_id": BLOB, "results": [failed]}
+        status, answer = await supernode.post("/api/v1/piece-results", body)
+        assert status == 204, answer
+    _, after = await supernode.get("/metrics", auth={})
+    assert _sample(before, "supernode_parents_suspended ") == 0
+    assert _sample(after, "supernode_parents_suspended ") == 1
 
 
 def _refs(node: Any) -> set[str]:
