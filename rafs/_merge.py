@@ -21,7 +21,6 @@ import posixpath
 import stat
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ._builder import BuildOptions, BuildResult, ChunkDict, build, writer_for
@@ -35,7 +34,7 @@ OPAQUE_MARKER = b".wh..wh..opq"
 OVERLAY_OPAQUE = b"trusted.overlay.opaque"
 
 
-@dataclass
+@dataclasses.dataclass
 class MergedTree:
     """The layers laid over each other, before it is built into a bootstrap."""
 
@@ -43,7 +42,7 @@ class MergedTree:
     blobs: list[BlobInfo]  # every layer's blobs, in layer order
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PrefetchChoice:
     paths: tuple[str, ...]  # for `BuildOptions.prefetch_files`, in the order given
     ignored: tuple[str, ...]  # one line per pattern left out, saying why
