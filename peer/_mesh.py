@@ -38,8 +38,9 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from protocol import (
     MAX_RANGES,
@@ -55,6 +56,7 @@ from protocol import (
     ScheduleRequest,
 )
 from rafs import ChunkInfo, RafsError
+from rafs._cache import BlobCache
 from rafs._chunksource import BlobRef, ChunkSource, FetchedChunk, verify_chunk
 
 from ._catalog import BlobCatalog, BlobEntry
@@ -65,6 +67,8 @@ from ._parents import Batch, BatchQueue, ParentBoard, SwitchPolicy, cut_batches
 from ._session import SupernodeSession
 
 log = logging.getLogger("dfdaemon.mesh")
+
+OriginFetch = Callable[[list[ChunkInfo]], Awaitable[list[FetchedChunk]]]
 
 VERIFY_INLINE_BYTES = 64 << 10  # smaller chunks are verified on the loop, larger in a thread
 
@@ -88,7 +92,13 @@ class MeshConfig:
 
 class Mesh:
     """What every `MeshSource` of one daemon shares: the supernode session, the transport,
-    the distrust list and the metrics."""
+    the distrust list, the metrics, and the cache verified chunks are kept in as they come.
+
+    With `cache` set, every batch a fetch receives (and every origin answer) is stored at
+    once, in the background, so it is announced while the rest of the `get` still waits:
+    peers waiting on this one get the chunks a whole `get` earlier (the `CachedSource`
+    above stores them again after the `get`, which finds them present and does nothing).
+    """
 
     def __init__(
         self,
@@ -96,12 +106,30 @@ class Mesh:
         transport: ChunkTransport,
         metrics: PeerMetrics,
         config: MeshConfig | None = None,
+        cache: BlobCache | None = None,
     ) -> None:
         self.session = session
         self.transport = transport
         self.metrics = metrics
         self.config = config or MeshConfig()
+        self.cache = cache
         self._distrusted: dict[str, set[str]] = {}
+        self._stores: set[asyncio.Task[None]] = set()
+
+    def keep(self, blob: BlobRef, chunks: list[FetchedChunk]) -> None:
+        """Store verified chunks in the background (no-op without a cache)."""
+        if self.cache is None or not chunks:
+            return
+        task = asyncio.create_task(self._store(self.cache, blob, chunks))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+
+    async def _store(self, cache: BlobCache, blob: BlobRef, chunks: list[FetchedChunk]) -> None:
+        try:
+            await asyncio.to_thread(cache.put_many, blob, chunks)
+        except (OSError, RafsError) as exc:  # the CachedSource above tries again
+            log.info("early store of %d chunks of blob %s failed: %s",
+                     len(chunks), blob.blob_id, exc)  # fmt: skip
 
     def distrusted(self, blob_id: str) -> set[str]:
         """Parents never to be used again for this blob (they sent a wrong digest)."""
@@ -131,7 +159,9 @@ class MeshSource:
         entry = self.catalog.get(blob.blob_id)
         found: dict[int, FetchedChunk] = {}
         if entry is not None and self.mesh.session.registered:
-            found = await _Fetch(self.mesh, blob, entry, wanted).run()
+            fetch = _Fetch(self.mesh, blob, entry, wanted)
+            fetch.origin = partial(self._origin_then_mesh, blob, entry)
+            found = await fetch.run_with_origin()
         else:
             self.mesh.metrics.mesh_bypassed.inc(len(wanted))
         missing = [info for index, info in wanted.items() if index not in found]
@@ -197,10 +227,25 @@ class _Fetch:
         self.found: dict[int, FetchedChunk] = {}
         self.board = ParentBoard(blob.blob_id, mesh.distrusted(blob.blob_id), mesh.config.switch)
         self.to_origin: set[int] = set()
+        # Set by `MeshSource.get`: chunks the supernode sends to the origin are fetched at
+        # once, beside the rounds, not after them (another peer may be waiting on them).
+        self.origin: OriginFetch | None = None
+        self._origin_jobs: list[asyncio.Task[list[FetchedChunk]]] = []
 
     @property
     def pending(self) -> set[int]:
         return set(self.wanted) - set(self.found) - self.to_origin
+
+    async def run_with_origin(self) -> dict[int, FetchedChunk]:
+        """`run`, plus the chunks fetched from the origin while it ran."""
+        try:
+            found = await self.run()
+            for chunks in await asyncio.gather(*self._origin_jobs):
+                found.update((chunk.info.index, chunk) for chunk in chunks)
+            return found
+        finally:
+            for job in self._origin_jobs:
+                job.cancel()
 
     async def run(self) -> dict[int, FetchedChunk]:
         """The chunks the mesh delivered; the rest (and FromOrigin ones) are the caller's."""
@@ -241,7 +286,7 @@ class _Fetch:
             if isinstance(plan, FromParents) and self._any_usable(plan):
                 plans.append(plan)
             elif isinstance(plan, FromParents | FromOrigin):  # told so, or only failed parents
-                self.to_origin.update(i for i in range(plan.start, plan.end) if i in pending)
+                self._send_to_origin([i for i in range(plan.start, plan.end) if i in pending])
             elif isinstance(plan, RetryLater):
                 hint = min(plan.retry_after_ms / 1000, self.config.max_retry_pause)
                 pause = hint if pause is None else min(pause, hint)
@@ -249,6 +294,18 @@ class _Fetch:
             await self._from_parents(plans, pending)
             await self.mesh.report(self.blob.blob_id, self.board.take_results())
         return pause
+
+    def _send_to_origin(self, indices: list[int]) -> None:
+        new = [i for i in indices if i not in self.to_origin]
+        self.to_origin.update(new)
+        if new and self.origin is not None:
+            job = asyncio.ensure_future(self._kept(self.origin([self.wanted[i] for i in new])))
+            self._origin_jobs.append(job)
+
+    async def _kept(self, fetching: Awaitable[list[FetchedChunk]]) -> list[FetchedChunk]:
+        chunks = await fetching
+        self.mesh.keep(self.blob, chunks)
+        return chunks
 
     def _any_usable(self, plan: FromParents) -> bool:
         """Whether a parent of the plan is still trusted and not dropped in this fetch (the
@@ -305,6 +362,7 @@ class _Fetch:
             failure = exc
         self._account(parent.peer_id, received, mismatched, failure, time.monotonic() - started)
         self.found.update(received)
+        self.mesh.keep(self.blob, list(received.values()))
         return [index for index in batch.indices if index not in received]
 
     async def _receive(

@@ -60,7 +60,7 @@ class PeerNode:
             self.client, self.registration, self.metrics, uploads=lambda: self.uploads.in_flight
         )
         self.transport = chunk_transport(options, self.p2p)
-        self.mesh = Mesh(self.session, self.transport, self.metrics, options.mesh)
+        self.mesh = Mesh(self.session, self.transport, self.metrics, options.mesh, self.cache)
         self._tasks: list[asyncio.Task[None]] = []
         self.announcer: Announcer | None = None
         self.seeder: Seeder | None = None

@@ -28,7 +28,7 @@ from peer import (
     UploadSlots,
     make_chunk_app,
 )
-from protocol import Announce, Register
+from protocol import Announce, Register, ScheduleRequest
 from rafs import ChunkInfo
 from rafs._cache import BlobCache
 from rafs._chunksource import BlobRef, FetchedChunk, verify_chunk
@@ -53,8 +53,10 @@ class CountingOrigin:
         self.blob = blob
         self.chunks = 0
         self.indices: Counter[int] = Counter()
+        self.calls: list[float] = []  # time.monotonic() of each call
 
     async def get(self, ref: BlobRef, chunks: Sequence[ChunkInfo]) -> list[FetchedChunk]:
+        self.calls.append(time.monotonic())
         self.chunks += len(chunks)
         self.indices.update(c.index for c in chunks)
         return [verify_chunk(ref, c, self.blob.stored[c.index]) for c in chunks]
@@ -98,7 +100,7 @@ class Mesh_:
             )
 
     async def parent(
-        self, name: str, *, rate: float | None = None, corrupt: bool = False
+        self, name: str, *, rate: float | None = None, corrupt: bool = False, held: int = COUNT
     ) -> Parent:
         cache = BlobCache(self.tmp / name)
         cache.put_many(self.blob.ref, [self._chunk(i, corrupt) for i in range(COUNT)])
@@ -110,7 +112,7 @@ class Mesh_:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         found = Parent(name, cache, uploads, metrics, runner)
         self.parents.append(found)
-        await self.join(name, f"http://127.0.0.1:{port}")
+        await self.join(name, f"http://127.0.0.1:{port}", chunks=held)
         return found
 
     def _chunk(self, index: int, corrupt: bool) -> FetchedChunk:
@@ -326,3 +328,39 @@ async def test_when_the_origin_fails_and_no_peer_has_the_chunks_the_error_stands
     with pytest.raises(RegistryUnavailable):
         await source.get(mesh.blob.ref, mesh.blob.chunks[:3])
     assert time.monotonic() - started < 5
+
+
+async def test_chunks_are_stored_as_they_arrive_not_when_the_whole_get_is_done(
+    mesh: Mesh_, tmp_path: Path
+) -> None:
+    await mesh.parent("half", held=COUNT // 2)  # the other half waits on a seed
+    await mesh.join("seed", f"http://127.0.0.1:{free_port()}", seed=True, chunks=0)
+    source, origin, _ = await mesh.requester(MeshConfig(max_wait=1.5))
+    cache = source.mesh.cache = BlobCache(tmp_path / "mine")
+    try:
+        reading = asyncio.create_task(_get_all(source, mesh.blob))
+        first = mesh.blob.chunks[0]
+        deadline = time.monotonic() + 1.2
+        while not cache.has(BLOB, first.index) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert cache.has(BLOB, first.index) and not reading.done()  # stored mid-get
+        await reading
+        assert origin.chunks == COUNT - COUNT // 2  # the seed never came
+    finally:
+        cache.close()
+
+
+async def test_chunks_sent_to_the_origin_are_fetched_while_others_still_wait(
+    mesh: Mesh_,
+) -> None:
+    for other in ("o1", "o2"):  # two peers were allowed the origin for the second half
+        await mesh.join(other, f"http://127.0.0.1:{free_port()}", chunks=0)
+        wanted = ((COUNT // 2, COUNT),)
+        await mesh.client.schedule(
+            ScheduleRequest(peer_id=other, blob_id=BLOB, chunk_count=COUNT, wanted=wanted)
+        )
+    source, origin, _ = await mesh.requester(MeshConfig(max_wait=1.5))
+    started = time.monotonic()
+    await _get_all(source, mesh.blob)
+    assert len(origin.calls) == 2  # first half at once, second half after the wait
+    assert origin.calls[0] - started < 0.5 < 1.4 < origin.calls[1] - started
