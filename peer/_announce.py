@@ -47,7 +47,7 @@ class AnnouncingCache(BlobCache):
 
     def put_many(self, blob: BlobRef, fetched: Sequence[FetchedChunk]) -> int:
         stored = super().put_many(blob, fetched)
-        if self.notify is not None and fetched:
+        if self.notify is not None and stored:  # none new: announced when they were stored
             self.notify(blob.blob_id, [chunk.info.index for chunk in fetched])
         return stored
 

@@ -228,8 +228,8 @@ class BlobCache:
     def put_many(self, blob: BlobRef, fetched: Sequence[FetchedChunk]) -> int:
         """Store verified chunks with one sync of data and one of the map; the number new."""
         chunks = _sized(blob.blob_id, fetched)
-        if not chunks:
-            return 0
+        if not chunks or not self.missing(blob.blob_id, [c.info for c in chunks]):
+            return 0  # all present (a peer stores what it fetches, then the reader again)
         with self._pins.held(blob.blob_id):
             with self._files_for_writing(blob.blob_id) as files:
                 stored = files.store(chunks, COMPRESSOR_CODES[blob.compressor])
