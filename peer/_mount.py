@@ -56,7 +56,7 @@ async def prepare_mount(node: PeerNode, spec: MountSpec, number: int) -> Prepare
             raise UsageError(f"--mount {spec.reference}: the image's blobs are not in a registry")
         digest = await _bootstrap_digest(backend, spec.reference, opts.platform)
         boot = await asyncio.to_thread(load_bootstrap, boot_path)
-        prefetch = table_chunks(boot)
+        prefetch = table_chunks(boot) if node.options.prefetch else []
     except BaseException:
         await backend.close()
         raise

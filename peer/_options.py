@@ -54,6 +54,7 @@ class DaemonOptions:
     cache_dir: Path | None = None
     cache_size: int | None = None
     insecure: bool = False
+    prefetch: bool = True  # mounts fetch their bootstrap's prefetch table in the background
     credentials: RegistryCredentials = field(default_factory=RegistryCredentials)  # per host
     mirror: tuple[str, int] | None = None  # registry mirror HOST:PORT
     mirror_upstream: str | None = None  # its upstream when a request names none (ns=)

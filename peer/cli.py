@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="chunk cache (default: DATA_DIR/cache)")
     p.add_argument("--cache-size", type=parse_size, help="cache size limit, e.g. 10G")
     p.add_argument("--insecure", action="store_true", help="plain HTTP for a non-local registry")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="mounts do not prefetch their image's prefetch table")  # fmt: skip
     p.add_argument(
         "--registry-creds", action="append", default=[], metavar="HOST=USER:PASSWORD",
         help="credentials for a registry (default: the Docker config's for the host)",
@@ -108,6 +110,7 @@ def options_from(args: argparse.Namespace) -> DaemonOptions:
         cache_dir=args.cache_dir,
         cache_size=args.cache_size,
         insecure=args.insecure,
+        prefetch=not args.no_prefetch,
         credentials=_credentials(args.registry_creds),
         mirror=_mirror_address(args.mirror),
         mirror_upstream=args.mirror_upstream,

@@ -80,3 +80,19 @@ def test_the_mount_prefetches_the_bootstrap_table_before_any_read(
     assert a.mountpoint is not None
     for name in ("random-1", "text-0", "random-2"):
         assert (a.mountpoint / name).read_bytes() == image.files[name]
+
+
+def test_with_no_prefetch_the_mount_fetches_only_what_is_read(
+    cluster: Cluster, registry: RegistryServer, tmp_path: Path
+) -> None:
+    image = _image_with_table(registry, tmp_path / "image")
+    cluster.start_supernode()
+    a = cluster.start_peer("a", "--no-prefetch", mount=image.reference)
+    time.sleep(0.5)  # time enough for the table's chunks to arrive, were they asked for
+    assert _held(a, image.blob_ids) == 0
+    assert a.mountpoint is not None
+    assert (a.mountpoint / "random-2").read_bytes() == image.files["random-2"]
+    read = len(load_bootstrap(image.bootstrap).lookup("/random-2").chunks)
+    wait_for("the read chunks in the cache", lambda: _held(a, image.blob_ids) >= read)
+    time.sleep(0.3)
+    assert _held(a, image.blob_ids) == read  # and none of the table's
