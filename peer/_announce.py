@@ -158,40 +158,43 @@ class Announcer:
                 await self._announce(blob_id, indices)
 
     async def _announce(self, blob_id: str, indices: set[int]) -> None:
-        count = self.catalog.chunk_count(blob_id)
-        if count is None or not self.session.registered:
-            return  # announced with everything else after (re-)registration
-        chunks = ChunkSet.from_indices(count, (i for i in indices if i < count))
-        for ranges in _batches(chunks):
-            msg = Announce(
-                peer_id=self.session.peer_id, blob_id=blob_id, chunk_count=count, ranges=ranges
-            )
-            if not await self.session.call(_sending(msg)):
-                return  # failed: the next registration announces everything again
-            self.sent += 1
-            before = self._announced.get(blob_id, ChunkSet(count))
-            self._announced[blob_id] = before | msg.chunks()
-            self.session.metrics.announced.inc(len(self._announced[blob_id]) - len(before))
-        log.debug("announced %d chunks of blob %s", len(chunks), blob_id)
+        if sent := await self._send(Announce, blob_id, indices):
+            log.debug("announced %d chunks of blob %s", sent, blob_id)
 
     async def _withdraw(self, blob_id: str, indices: set[int]) -> None:
+        if sent := await self._send(Withdraw, blob_id, indices):
+            log.info("withdrew %d chunks of blob %s", sent, blob_id)
+
+    async def _send(
+        self, kind: type[Announce] | type[Withdraw], blob_id: str, indices: set[int]
+    ) -> int:
+        """Tell the supernode, in messages of at most MAX_RANGES ranges; the chunks told. A
+        failure drops the rest (the next registration announces what is held and withdraws
+        what is gone)."""
         count = self.catalog.chunk_count(blob_id)
         if count is None or not self.session.registered:
-            return  # the next registration withdraws it (see `resync`)
+            return 0
+        told = 0
         chunks = ChunkSet.from_indices(count, (i for i in indices if i < count))
         for ranges in _batches(chunks):
-            msg = Withdraw(
-                peer_id=self.session.peer_id, blob_id=blob_id, chunk_count=count, ranges=ranges
-            )
+            msg = kind(peer_id=self.session.peer_id, blob_id=blob_id, chunk_count=count,
+                       ranges=ranges)  # fmt: skip
             if not await self.session.call(_sending(msg)):
-                return
-            gone = msg.chunks()
-            before = self._announced.get(blob_id)
-            if before is not None:
-                self._announced[blob_id] = ChunkSet(count, before.bits & ~gone.bits)
-                self.session.metrics.announced.dec(len(before) - len(self._announced[blob_id]))
-        if chunks:
-            log.info("withdrew %d chunks of blob %s", len(chunks), blob_id)
+                break
+            self._count(msg)
+            told += sum(end - start for start, end in ranges)
+        return told
+
+    def _count(self, msg: Announce | Withdraw) -> None:
+        """Keep `_announced` and the gauge in step with what the supernode was told."""
+        before = self._announced.get(msg.blob_id, ChunkSet(msg.chunk_count))
+        if isinstance(msg, Announce):
+            self.sent += 1
+            after = before | msg.chunks()
+        else:
+            after = ChunkSet(msg.chunk_count, before.bits & ~msg.chunks().bits)
+        self._announced[msg.blob_id] = after
+        self.session.metrics.announced.inc(len(after) - len(before))
 
     async def close(self) -> None:
         for task in list(self._tasks):

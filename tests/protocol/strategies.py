@@ -74,20 +74,10 @@ def ranges_within(
 
 
 @st.composite
-def announces(draw: st.DrawFn) -> Announce:
+def chunks_of_blob(draw: st.DrawFn, kind: type[Announce] | type[Withdraw]) -> Announce | Withdraw:
+    """An announce or a withdraw: one body, ranges within the blob."""
     count = draw(chunk_counts)
-    return Announce(
-        peer_id=draw(peer_ids),
-        blob_id=draw(blob_ids),
-        chunk_count=count,
-        ranges=draw(ranges_within(count)),
-    )
-
-
-@st.composite
-def withdrawals(draw: st.DrawFn) -> Withdraw:
-    count = draw(chunk_counts)
-    return Withdraw(
+    return kind(
         peer_id=draw(peer_ids),
         blob_id=draw(blob_ids),
         chunk_count=count,
@@ -183,8 +173,8 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
         seed_tasks=st.lists(seed_tasks(), max_size=3).map(tuple),
     ),
     Leave: st.builds(Leave, peer_id=peer_ids),
-    Announce: announces(),
-    Withdraw: withdrawals(),
+    Announce: chunks_of_blob(Announce),
+    Withdraw: chunks_of_blob(Withdraw),
     SeedTaskFailed: st.builds(
         SeedTaskFailed,
         peer_id=peer_ids,
