@@ -105,6 +105,8 @@ class Mesh_:
         cache = BlobCache(self.tmp / name)
         cache.put_many(self.blob.ref, [self._chunk(i, corrupt) for i in range(COUNT)])
         limiter = RateLimiter(rate, burst=16384) if rate else None
+        if limiter is not None:  # start with an empty bucket: a full one sends the first
+            await limiter.acquire(16384)  # chunk at once, and a slow parent looks fast
         uploads, metrics = UploadSlots(16, limiter), PeerMetrics()
         runner = web.AppRunner(make_chunk_app(cache, metrics, uploads), access_log=None)
         await runner.setup()
