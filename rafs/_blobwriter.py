@@ -1,8 +1,10 @@
 """Writing a data blob: files cut into chunks, hashed, compressed, stored once.
 
-A `BlobWriter` is the builder's `ChunkSink`. Chunks go through a thread pool (file reads,
-blake3 and zstandard release the GIL) in batches, so that many small files share one task,
-with a bounded window of batches in flight, so memory does not grow with the image;
+A `BlobWriter` is the builder's `ChunkSink`. Chunks are read, hashed and compressed in
+batches, so that many small files share one task, with a bounded window of batches in
+flight, so memory does not grow with the image: files named by path (a directory being
+walked) by forked worker processes (`_cutters`), content handed over as a stream (a tar
+member) by a thread pool (blake3 and zstandard release the GIL);
 results are taken back in order and appended to the blob (and its sha256) by one file
 thread in that order, so the blob is the same bytes on every run. A chunk whose
 (digest, size) is known already, from this build or from a chunk dictionary, is not
@@ -23,10 +25,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import zstandard
 
+from ._cutters import Cut as _Cut
+from ._cutters import ForkedCutters
+from ._cutters import Source as _Source
 from ._digest import Compressor, Digester
 from ._errors import BuildError
 from ._model import CHUNK_COMPRESSED, BlobInfo, ChunkInfo
@@ -40,12 +45,15 @@ BATCH_BYTES = 1 << 20  # a worker task cuts chunks until it has read this much .
 BATCH_CHUNKS = 256  # ... or this many chunks: small files share one task
 
 
-# What a worker made of one chunk: (digest, size, bytes to store or None if the chunk is
-# known already, whether those bytes are compressed). Plain tuples: one per chunk, made and
-# taken apart in tight loops, where a dataclass costs more than the chunk's Python work.
-_Cut = tuple[bytes, int, bytes | None, bool]
-# A chunk still to read: `length` bytes at `offset` of the file at `path` (`size` long).
-_Read = tuple[bytes, int, int, int]
+# What a worker made of one chunk (a `_Cut`): (digest, size, bytes to store or None if the
+# chunk is known already, whether those bytes are compressed). Plain tuples: one per chunk,
+# made and taken apart in tight loops, where a dataclass costs more than the chunk's Python
+# work. A chunk still to read (a `_Read`): `length` bytes at `offset` of the file at `path`
+# (`size` long).
+
+
+class _Cuts(Protocol):
+    def result(self) -> list[_Cut | None]: ...
 
 
 @dataclass(slots=True)
@@ -56,8 +64,8 @@ class _Pending(Generic[K]):
     expected: int
 
 
-_Slot = tuple[_Pending[K], int, bytes | _Read | None]  # file, offset, content (None: empty)
-_Batch = tuple[list[_Slot[K]], Future[list[_Cut | None]]]
+_Slot = tuple[_Pending[K], int, _Source]  # file, offset, content (None: empty)
+_Batch = tuple[list[_Slot[K]], _Cuts]
 
 
 class BlobWriter:
@@ -101,6 +109,9 @@ class BlobWriter:
         self._made: Path | None = None
         self.settle_later = False  # finish without waiting for the blob to be synced
         self._settling: Future[None] | None = None
+        # Files named by path are cut in forked processes (see _cutters), where fork exists.
+        self.forked = hasattr(os, "fork")
+        self._forked: ForkedCutters | None = None
 
     # --- ChunkSink ---------------------------------------------------------------------
 
@@ -126,7 +137,7 @@ class BlobWriter:
         The files are read in the pool, a chunk at a time, so their reading overlaps.
         `files` is consumed as the pool makes room, so it may be produced by a walk.
         """
-        return self._pipeline(self._slots(files))
+        return self._pipeline(self._slots(files), forked=self.forked)
 
     def _slots(self, files: Iterable[tuple[K, bytes, int]]) -> Iterator[_Slot[K]]:
         step = self.chunk_size
@@ -138,19 +149,39 @@ class BlobWriter:
             for offset in range(0, size, step):
                 yield pending, offset, (path, offset, min(step, size - offset), size)
 
-    def _pipeline(self, slots: Iterable[_Slot[K]]) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
+    def _pipeline(
+        self, slots: Iterable[_Slot[K]], forked: bool = False
+    ) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
+        submit = self._cutters().submit if forked else self._submit_to_threads
         inflight: collections.deque[_Batch[K]] = collections.deque()
         for batch in _batches(slots):
-            inflight.append((batch, self._pool.submit(self._cut_batch, [s[2] for s in batch])))
-            yield from self._drain(inflight, self.window)
+            # Take a result before sending the batch that may reuse its slot.
+            yield from self._drain(inflight, self.window - 1)
+            inflight.append((batch, submit([s[2] for s in batch])))
         yield from self._drain(inflight, 0)
+
+    def _submit_to_threads(self, sources: list[_Source]) -> Future[list[_Cut | None]]:
+        return self._pool.submit(self._cut_batch, sources)
+
+    def _cutters(self) -> ForkedCutters:
+        if self._forked is None:
+            self._forked = ForkedCutters(
+                self.threads,
+                -(-2 * self.window // self.threads),  # see _write
+                BATCH_BYTES + self.chunk_size,  # a batch stops once past BATCH_BYTES
+                read_chunk=_read_chunk,
+                digest_of=self.digester.function(),
+                compress=self._compress,
+                known=self.known,
+            )
+        return self._forked
 
     def _drain(
         self, inflight: collections.deque[_Batch[K]], keep: int
     ) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
         while len(inflight) > keep:
             batch, future = inflight.popleft()
-            stored: list[bytes] = []
+            stored: list[bytes | memoryview] = []
             complete: list[_Pending[K]] = []
             done = 0
             for (pending, offset, _), cut in zip(batch, future.result(), strict=True):
@@ -165,7 +196,7 @@ class BlobWriter:
             for pending in complete:
                 yield pending.key, tuple(pending.chunks)
 
-    def _cut_batch(self, sources: list[bytes | _Read | None]) -> list[_Cut | None]:
+    def _cut_batch(self, sources: list[_Source]) -> list[_Cut | None]:
         """Read, hash and compress a batch in one tight loop, its body run once per chunk."""
         digest_of = self.digester.function()
         compress = self._compress()
@@ -188,7 +219,7 @@ class BlobWriter:
                 cuts.append((digest, size, data, False))
         return cuts
 
-    def _place(self, cut: _Cut, file_offset: int, stored: list[bytes]) -> ChunkInfo:
+    def _place(self, cut: _Cut, file_offset: int, stored: list[bytes | memoryview]) -> ChunkInfo:
         digest, size, data, compressed = cut
         found = self.known.get((digest, size))
         if found is not None:
@@ -215,17 +246,24 @@ class BlobWriter:
         self.known[(digest, size)] = chunk
         return chunk
 
-    def _write(self, stored: list[bytes]) -> None:
-        """Append to the blob and its sha256 on the file thread, in order, a window ahead."""
-        while self._writes and (self._writes[0].done() or len(self._writes) > self.window):
-            self._writes.popleft().result()  # raises the first write error here
-        if stored:
-            self._writes.append(self._disk.submit(self._append, stored))
+    def _write(self, stored: list[bytes | memoryview]) -> None:
+        """Append to the blob and its sha256 on the file thread, in order.
 
-    def _append(self, stored: list[bytes]) -> None:
-        data = b"".join(stored)  # one write and one hash update per batch, not per chunk
-        self._file.write(data)
-        self._sha256.update(data)
+        At most `window` batches wait to be written: a forked worker's slot is reused
+        only after `2 * window` more batches were sent, so the views of it being written
+        stay intact until they are (`window` in flight, `window` waiting here).
+        """
+        while self._writes and (self._writes[0].done() or len(self._writes) >= self.window):
+            self._writes.popleft().result()  # raises the first write error here
+        # One entry per batch, stored bytes or not: the count above is of batches.
+        self._writes.append(self._disk.submit(self._append, stored) if stored else _NOTHING)
+
+    def _append(self, stored: list[bytes | memoryview]) -> None:
+        """One gathered write per batch, straight from the chunks' bytes."""
+        update = self._sha256.update
+        for part in stored:
+            update(part)
+        _write_all(self._file.fileno(), stored)
 
     # --- the end -----------------------------------------------------------------------
 
@@ -236,6 +274,8 @@ class BlobWriter:
         the caller goes on (laying out the bootstrap); `settle` waits for that.
         """
         self._pool.shutdown()
+        if self._forked is not None:
+            self._forked.close()
         while self._writes:
             self._writes.popleft().result()
         info = None
@@ -273,11 +313,17 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop everything written; nothing is left in the blob dir."""
         self._pool.shutdown(cancel_futures=True)
+        if self._forked is not None:
+            self._forked.kill()
         self._disk.shutdown(cancel_futures=True)
         self._file.close()
         Path(self._file.name).unlink(missing_ok=True)
         if self._made is not None:
             self._made.unlink(missing_ok=True)
+
+
+_NOTHING: Future[None] = Future()  # the write of a batch with nothing to store
+_NOTHING.set_result(None)
 
 
 def _batches(slots: Iterable[_Slot[K]]) -> Iterator[list[_Slot[K]]]:
@@ -292,6 +338,22 @@ def _batches(slots: Iterable[_Slot[K]]) -> Iterator[list[_Slot[K]]]:
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    """Write `parts` back to back at the file position, however the kernel splits it."""
+    views = [memoryview(p) for p in parts]
+    i = 0
+    while i < len(views):
+        done = os.writev(fd, views[i : i + _IOV_MAX])
+        while i < len(views) and done >= views[i].nbytes:
+            done -= views[i].nbytes
+            i += 1
+        if done:
+            views[i] = views[i][done:]
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
 def _read_chunk(path: bytes, offset: int, length: int, size: int) -> bytes:

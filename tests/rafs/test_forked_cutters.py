@@ -1,0 +1,159 @@
+"""Files cut in forked worker processes give the blob the thread pool gives, and the
+workers never outlive the writer, whatever happens to the build.
+
+The workers write the bytes to store into shared slots that are reused as the build goes
+on; a slot reused too early would put another batch's bytes into the blob. The slow file
+thread below makes that show: batches whose chunks are all known already (nothing to
+write) run ahead of the batches still being written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rafs import BuildError
+from rafs._blobwriter import BlobWriter
+from rafs._digest import Compressor, Digester
+from rafs._model import ChunkInfo
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this system")
+
+
+def _writer(blob_dir: Path, chunk_size: int, compressor: Compressor, forked: bool) -> BlobWriter:
+    blob_dir.mkdir()
+    writer = BlobWriter(
+        blob_dir, chunk_size=chunk_size, compressor=compressor, digester=Digester.BLAKE3
+    )
+    writer.forked = forked
+    return writer
+
+
+def _tree(root: Path) -> list[tuple[int, bytes, int]]:
+    """Files in rounds: new content (random and text), then copies of it (all known),
+    empty files, and files of several chunks; (key, path, size) in build order."""
+    root.mkdir()
+    files: list[tuple[int, bytes, int]] = []
+    for round_ in range(4):
+        originals = []
+        for n in range(300):
+            data = os.urandom(700 + n) if n % 2 else f"line {round_} {n}\n".encode() * 40
+            originals.append(data)
+        originals.append(os.urandom(5 * 4096 + 123))  # several chunks of 4 KiB
+        originals.append(b"")
+        for copy in range(3):  # the copies: whole batches with nothing new to store
+            for n, data in enumerate(originals):
+                path = root / f"r{round_}-c{copy}-{n:03}"
+                path.write_bytes(data)
+                files.append((len(files), bytes(path), len(data)))
+    return files
+
+
+def _build(writer: BlobWriter, files: list[tuple[int, bytes, int]]) -> tuple[bytes, list[object]]:
+    try:
+        records: list[tuple[int, tuple[ChunkInfo, ...]]] = list(writer.add_files(files))
+        info = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    assert info is not None
+    blob = (writer.blob_dir / info.blob_id).read_bytes()
+    return blob, [(info.blob_id, info.compressed_size, writer.reused_chunks), *records]
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "compressor"),
+    [(0x1000, Compressor.ZSTD), (0x1000, Compressor.NONE), (0x100000, Compressor.ZSTD)],
+)
+def test_forked_workers_give_the_bytes_and_records_of_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_size: int, compressor: Compressor
+) -> None:
+    files = _tree(tmp_path / "src")
+    slow_append = BlobWriter._append
+
+    def append_slowly(self: BlobWriter, stored: list[bytes | memoryview]) -> None:
+        time.sleep(0.003)  # the file thread lags: slots must wait for it
+        slow_append(self, stored)
+
+    monkeypatch.setattr(BlobWriter, "_append", append_slowly)
+    forked = _writer(tmp_path / "forked", chunk_size, compressor, forked=True)
+    threads = _writer(tmp_path / "threads", chunk_size, compressor, forked=False)
+    forked_blob, forked_records = _build(forked, files)
+    assert forked._forked is not None  # the workers did the cutting
+    threads_blob, threads_records = _build(threads, files)
+    assert forked_records == threads_records
+    assert forked_blob == threads_blob
+    assert forked.reused_chunks > 2 * 300 * 4  # the copies were not stored again
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_workers_are_reaped_by_finish(tmp_path: Path) -> None:
+    files = _tree(tmp_path / "src")[:50]
+    writer = _writer(tmp_path / "blobs", 0x1000, Compressor.ZSTD, forked=True)
+    results = writer.add_files(files)
+    next(results)
+    assert writer._forked is not None
+    pids = list(writer._forked._pids)
+    assert len(pids) == writer.threads and not any(_gone(p) for p in pids)
+    list(results)
+    writer.finish()
+    assert all(_gone(p) for p in pids)
+
+
+def test_a_file_gone_before_a_worker_reads_it_names_it(tmp_path: Path) -> None:
+    files = _tree(tmp_path / "src")[:40]
+    missing = tmp_path / "src" / "vanished"
+    files.insert(20, (999, bytes(missing), 10))
+    writer = _writer(tmp_path / "blobs", 0x1000, Compressor.ZSTD, forked=True)
+    with pytest.raises(BuildError, match=r"cannot read .*vanished"):
+        list(writer.add_files(files))
+    assert writer._forked is not None
+    pids = list(writer._forked._pids)
+    writer.abort()
+    assert all(_gone(p) for p in pids)
+    assert list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_a_worker_killed_mid_build_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    files = _tree(tmp_path / "src")
+    writer = _writer(tmp_path / "blobs", 0x1000, Compressor.ZSTD, forked=True)
+    killed = []
+
+    def walk() -> Iterator[tuple[int, bytes, int]]:
+        for n, item in enumerate(files):
+            if n == 200 and writer._forked is not None:  # once the workers are busy
+                pid = writer._forked._pids[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            yield item
+
+    with pytest.raises(BuildError, match="chunk worker"):
+        list(writer.add_files(walk()))
+    assert killed
+    writer.abort()
+    assert list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_a_build_on_another_thread_forks_its_workers_too(tmp_path: Path) -> None:
+    files = _tree(tmp_path / "src")[:100]
+    forked = _writer(tmp_path / "forked", 0x1000, Compressor.ZSTD, forked=True)
+    threads = _writer(tmp_path / "threads", 0x1000, Compressor.ZSTD, forked=False)
+    done: list[tuple[bytes, list[object]]] = []
+    worker = threading.Thread(target=lambda: done.append(_build(forked, files)))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and done
+    assert done[0] == _build(threads, files)
