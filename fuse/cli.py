@@ -5,8 +5,9 @@
 
 Chunks come from the local verified cache, else from the origin (a directory of blobs,
 an OCI registry, S3-compatible storage), every one checked against its digest. A registry
-is asked with `--creds`, else with the Docker config's entry for its host
-(`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, as `docker login` writes it).
+is asked with `--creds`, else with the Docker config's credentials for its host
+(`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, as `docker login` writes it:
+a credential helper's answer, else the `auths` entry).
 In the background it fetches first the files of the bootstrap's prefetch table (as Nydus's
 nydusd with fs prefetch on), or those of `--prefetch-files`, or everything with
 `--prefetch-all`; `--no-prefetch` fetches nothing ahead. Runs in the foreground until

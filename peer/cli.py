@@ -14,9 +14,11 @@ With `--seed` it takes seed tasks: chunks fetched from the origin for others. Wi
 foreground until SIGINT/SIGTERM. Every failure is one line on stderr and a non-zero exit.
 
 Every registry client (a mount's, a seed's) presents the credentials for its host:
-`--registry-creds HOST=USER:PASSWORD` (repeatable), else the Docker config's `auths` entry
-(`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`), looked up when the client
-is made. A Docker config that cannot be read stops the daemon at start.
+`--registry-creds HOST=USER:PASSWORD` (repeatable), else the Docker config's credentials
+for the host (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: a credential
+helper's answer, else the `auths` entry), looked up when the registry first asks for
+credentials and again when it refuses them. A Docker config that cannot be read stops the
+daemon at start.
 """
 
 from __future__ import annotations

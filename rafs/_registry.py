@@ -173,6 +173,9 @@ def base_url_for(registry: str, insecure: bool = False) -> str:
     return f"{'http' if plain else 'https'}://{registry.rstrip('/')}"
 
 
+RENEW_INTERVAL = 30.0  # seconds between askings of a credentials provider after a refusal
+
+
 class RegistryClient:
     """Talks to one registry. Use as `async with RegistryClient(...)` or call `close()`."""
 
@@ -183,6 +186,7 @@ class RegistryClient:
         insecure: bool = False,
         username: str | None = None,
         password: str | None = None,
+        credentials: Callable[[], tuple[str, str] | None] | None = None,
         retry: RetryPolicy | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
@@ -192,6 +196,12 @@ class RegistryClient:
         self.registry = urlsplit(self.base_url).netloc
         self.username = username
         self.password = password
+        # Asked (on a thread: it may run a credential helper) when the registry first
+        # wants credentials, and again when it refuses the ones it gave: a helper's
+        # token may have expired since.
+        self._credentials = credentials
+        self._asked_at: float | None = None  # when `credentials` was last asked
+        self._asking = asyncio.Lock()
         self.retry = retry or RetryPolicy()
         self.upload_chunk_size = upload_chunk_size
         self._timeout = aiohttp.ClientTimeout(
@@ -483,11 +493,50 @@ class RegistryClient:
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is not None:
             return await self._bearer(call, bearer, sent)
-        if any(c.scheme == "basic" for c in challenges) and self.username is not None:
-            header = basic_header(self.username, self.password or "")
+        if any(c.scheme == "basic" for c in challenges):
+            header = await self._basic_header()
+            if header is not None and header == sent and await self._renewed(header):
+                header = await self._basic_header()
+            if header is None or header == sent:
+                return None
             self._auth.scheme, self._auth.basic = "basic", header
-            return None if sent == header else header
+            return header
         return None
+
+    async def _basic_header(self) -> str | None:
+        """The Basic header of the credentials to present; asks the provider the first time
+        (under the lock: a request must not go on while another is still asking)."""
+        if self._credentials is not None:
+            await self._renewed(None)
+        return self._basic()
+
+    def _basic(self) -> str | None:
+        return None if self.username is None else basic_header(self.username, self.password or "")
+
+    async def _renewed(self, refused: str | None) -> bool:
+        """Ask the credentials provider (again); True if it gave something new.
+
+        `refused` is the Basic header of the credentials just refused (None for the first
+        asking): if another request renewed them meanwhile, that counts as new. After a
+        refusal the provider is asked at most once per RENEW_INTERVAL, so a wrong password
+        does not run a credential helper for every request.
+        """
+        if self._credentials is None:
+            return False
+        async with self._asking:
+            if refused is not None and self._basic() != refused:
+                return True
+            now = time.monotonic()
+            if self._asked_at is not None and (
+                refused is None or now - self._asked_at < RENEW_INTERVAL
+            ):
+                return False
+            self._asked_at = now
+            found = await asyncio.to_thread(self._credentials)
+            username, password = found if found is not None else (None, None)
+            changed = (username, password) != (self.username, self.password)
+            self.username, self.password = username, password
+            return changed
 
     async def _bearer(self, call: _Call, challenge: Challenge, sent: str | None) -> str:
         """A token for the call's scopes: one another request fetched meanwhile, or a new one."""
@@ -509,16 +558,22 @@ class RegistryClient:
             )
         params = [("service", challenge.params.get("service", ""))]
         params += [("scope", s) for s in scope_key((*call.scopes, *challenge.scopes))]
-        headers = {}
-        if self.username is not None:
-            headers["Authorization"] = basic_header(self.username, self.password or "")
-        token_call = _Call("GET", realm, call.repo, call.digest, headers=headers)
-        async with self._http().get(realm, params=params, headers=headers) as resp:
-            self.requests += 1
-            self.token_fetches += 1
-            if resp.status != 200:
+        for attempt in range(2):  # the credentials may be renewed once
+            headers = {}
+            basic = await self._basic_header()
+            if basic is not None:
+                headers["Authorization"] = basic
+            token_call = _Call("GET", realm, call.repo, call.digest, headers=headers)
+            async with self._http().get(realm, params=params, headers=headers) as resp:
+                self.requests += 1
+                self.token_fetches += 1
+                if resp.status == 200:
+                    body = await resp.json(content_type=None)
+                    break
+                refused = resp.status in (401, 403) and basic is not None
+                if attempt == 0 and refused and await self._renewed(basic):
+                    continue
                 await self._raise_for_status(token_call, resp, token_service=True)
-            body = await resp.json(content_type=None)
         try:
             token = token_from_json(body, time.monotonic())
         except ValueError as exc:

@@ -7,7 +7,8 @@
 
 Flags follow Nydus's nydusify where it has them. Registries on loopback speak plain HTTP,
 others with `--source-insecure`/`--target-insecure`; credentials come from
-`--source-creds`/`--target-creds USER:PASSWORD` or the Docker config file.
+`--source-creds`/`--target-creds USER:PASSWORD` or the Docker config file (its credential
+helpers, `credHelpers`/`credsStore`, then its `auths`).
 
 `--prefetch-patterns` reads the image's prefetch list from STDIN, as Nydus's nydusify does:
 absolute paths, one a line, a directory standing for everything below it. The list goes

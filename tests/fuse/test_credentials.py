@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,10 +76,94 @@ def test_lookup_prefers_the_host_option_then_the_every_host_option_then_docker(
     assert every.lookup("A.example") == ("flag-a", "x")
 
 
+def credential_helper(bin_dir: Path, name: str, known: dict[str, tuple[str, str]]) -> Path:
+    """A `docker-credential-NAME` that answers `get` as the Docker helpers do: JSON for a
+    server it knows, else exit 1 with their "not found" text; it logs what it was asked."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    answers = {server: {"ServerURL": server, "Username": u, "Secret": p}
+               for server, (u, p) in known.items()}  # fmt: skip
+    program = bin_dir / f"docker-credential-{name}"
+    program.write_text(
+        f"""#!{sys.executable}
+import json, sys
+answers = {answers!r}
+server = sys.stdin.read().strip()
+with open({str(bin_dir / (name + ".log"))!r}, "a") as log:
+    log.write(" ".join(sys.argv[1:]) + " " + server + "\\n")
+if sys.argv[1:] != ["get"] or server not in answers:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+print(json.dumps(answers[server]))
+"""
+    )
+    program.chmod(0o755)
+    return program
+
+
+def asked(bin_dir: Path, name: str) -> list[str]:
+    log = bin_dir / f"{name}.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
 def test_a_credential_helper_placeholder_is_no_credentials(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"auths": {"reg.example": {}}, "credsStore": "desktop"}))
+    config.write_text(json.dumps({"auths": {"reg.example": {}}}))
     assert docker_credentials("reg.example", config) is None
+
+
+def test_credential_helpers_are_asked_before_auths_as_docker_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    hub = "https://index.docker.io/v1/"
+    credential_helper(bin_dir, "store", {"reg.example": ("from-store", "s1"), hub: ("hub", "s2")})
+    credential_helper(bin_dir, "ecr", {"https://ecr.example:5000": ("AWS", "token")})
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = tmp_path / "config.json"
+    inline = base64.b64encode(b"inline:pw").decode()
+    config.write_text(json.dumps({
+        "auths": {"reg.example": {}, "other.example": {"auth": inline},
+                  "https://index.docker.io/v1/": {}},
+        "credsStore": "store",
+        "credHelpers": {"https://ecr.example:5000": "ecr"},
+    }))  # fmt: skip
+    assert docker_credentials("reg.example", config) == ("from-store", "s1")
+    assert docker_credentials("registry-1.docker.io", config) == ("hub", "s2")
+    assert docker_credentials("ECR.example:5000", config) == ("AWS", "token")
+    assert docker_credentials("other.example", config) == ("inline", "pw")  # store: not found
+    assert docker_credentials("nowhere.example", config) is None
+    # The helper is asked under the key `docker login` used, as Docker asks it.
+    assert asked(bin_dir, "ecr") == ["get https://ecr.example:5000"]
+    assert "get https://index.docker.io/v1/" in asked(bin_dir, "store")
+    assert "get nowhere.example" in asked(bin_dir, "store")
+    lookup = RegistryCredentials(docker_config=config)
+    assert lookup.lookup("http://reg.example") == ("from-store", "s1")
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        (None, "docker-credential-gone (set in the Docker config) is not on PATH"),
+        ("print('keychain locked'); sys.exit(3)", "failed for reg.example: keychain locked"),
+        ("print('not json')", "gave no Username and Secret for reg.example"),
+        ('print(\'{"Username": "<token>", "Secret": "s3cr3t-tok"}\')', "identity token"),
+    ],
+)
+def test_a_credential_helper_that_fails_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str | None, error: str
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if script is not None:
+        program = bin_dir / "docker-credential-gone"
+        program.write_text(f"#!{sys.executable}\nimport sys\nsys.stdin.read()\n{script}\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"credsStore": "gone"}))
+    with pytest.raises(RegistryError, match=re.escape(error)) as info:
+        docker_credentials("reg.example", config)
+    assert "s3cr3t-tok" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +172,8 @@ def test_a_credential_helper_placeholder_is_no_credentials(tmp_path: Path) -> No
         ("{not json", "cannot read Docker config"),
         ("[1, 2]", "not a JSON object"),
         ('{"auths": []}', "`auths` is not an object"),
+        ('{"credsStore": "../../bin/sh"}', "`credsStore` is not a name"),
+        ('{"credHelpers": {"reg": 5}}', "`credHelpers` is not an object of names"),
     ],
 )
 def test_an_unreadable_docker_config_is_refused_at_check(
@@ -146,6 +235,29 @@ def test_image_in_a_private_registry_mounts_with_the_docker_config(
     m = mounter.mount("--image", private_image.reference, "--cache-dir", str(tmp_path / "cache"))
     for name, data in private_image.files.items():
         assert (m.mountpoint / name).read_bytes() == data
+    assert registry_basic.password not in m.log_text()
+
+
+def test_image_in_a_private_registry_mounts_with_a_credential_helper(
+    tmp_path: Path,
+    mounter: Mounter,
+    registry_basic: RegistryServer,  # noqa: F811
+    private_image: Image,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert registry_basic.username is not None and registry_basic.password is not None
+    bin_dir = tmp_path / "bin"
+    creds = (registry_basic.username, registry_basic.password)
+    credential_helper(bin_dir, "vault", {registry_basic.host: creds})
+    config_dir = tmp_path / "docker"
+    config_dir.mkdir()
+    (config_dir / "config.json").write_text(json.dumps({"credsStore": "vault"}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    m = mounter.mount("--image", private_image.reference, "--cache-dir", str(tmp_path / "cache"))
+    for name, data in private_image.files.items():
+        assert (m.mountpoint / name).read_bytes() == data
+    assert f"get {registry_basic.host}" in asked(bin_dir, "vault")
     assert registry_basic.password not in m.log_text()
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
+from rafs import _registry as registry_module
 from rafs._regauth import (
     AuthState,
     BearerToken,
@@ -188,3 +190,76 @@ async def test_bearer_anonymous_token_lacks_access(registry_bearer: RegistryServ
     async with registry_bearer.client(credentials=False) as client:
         with pytest.raises(Unauthorized, match="token service requires credentials"):
             await client.get_manifest("bearer/app", "v1")
+
+
+# --- a credentials provider (a Docker credential helper behind it) ----------------------
+
+
+class Provider:
+    """Credentials handed out in turn (the last one repeated), counting the askings."""
+
+    def __init__(self, *answers: tuple[str, str] | None, delay: float = 0.0) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+        self.delay = delay  # a helper that asks a cloud API takes its time
+
+    def __call__(self) -> tuple[str, str] | None:
+        self.asked += 1
+        time.sleep(self.delay)
+        return self.answers[min(self.asked, len(self.answers)) - 1]
+
+
+def _good(server: RegistryServer) -> tuple[str, str]:
+    assert server.username is not None and server.password is not None
+    return server.username, server.password
+
+
+async def test_a_provider_is_asked_once_when_many_requests_meet_the_first_challenge(
+    registry_basic: RegistryServer,
+) -> None:
+    async with registry_basic.client() as client:
+        await push_image(client, "secure/lazy", "v1", [b"layer-bytes"])
+    provider = Provider(_good(registry_basic), delay=0.3)
+    async with registry_basic.client(credentials=False, credentials_provider=provider) as client:
+        manifests = [client.get_manifest("secure/lazy", "v1") for _ in range(8)]
+        assert len({m.digest for m in await asyncio.gather(*manifests)}) == 1
+    assert provider.asked == 1
+
+
+async def test_an_open_registry_never_asks_the_provider(registry: RegistryServer) -> None:
+    provider = Provider(("someone", "secret"))
+    async with registry.client(credentials_provider=provider) as client:
+        await push_image(client, "open/app", "v1", [b"x"])
+    assert provider.asked == 0
+
+
+@pytest.mark.parametrize("kind", ["basic", "bearer"])
+async def test_refused_credentials_are_asked_for_again_once_the_interval_passed(
+    kind: str,
+    registry_basic: RegistryServer,
+    registry_bearer: RegistryServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A helper's token expired: the registry refuses it, the provider gives a new one."""
+    server = registry_basic if kind == "basic" else registry_bearer
+    async with server.client() as client:
+        digest = await push_image(client, "renew/app", "v1", [b"x"])
+    user, _ = _good(server)
+    provider = Provider((user, "expired"), _good(server))
+    async with server.client(credentials=False, credentials_provider=provider) as client:
+        with pytest.raises(Unauthorized, match=f"refused the credentials of user '{user}'"):
+            await client.get_manifest("renew/app", "v1")  # asked just now: not again yet
+        assert provider.asked == 1
+        monkeypatch.setattr(registry_module, "RENEW_INTERVAL", 0.0)
+        assert (await client.get_manifest("renew/app", "v1")).digest == digest
+        assert provider.asked == 2
+        assert (await client.get_manifest("renew/app", "v1")).digest == digest
+    assert provider.asked == 2  # the renewed credentials are kept
+
+
+async def test_a_provider_with_nothing_is_no_credentials(registry_basic: RegistryServer) -> None:
+    provider = Provider(None)
+    async with registry_basic.client(credentials=False, credentials_provider=provider) as client:
+        with pytest.raises(Unauthorized, match="requires credentials and none were given"):
+            await client.head_blob("secure/app", "sha256:" + "0" * 64)
+    assert provider.asked == 1
