@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -35,6 +36,8 @@ from ._cutters import Source as _Source
 from ._digest import Compressor, Digester
 from ._errors import BuildError
 from ._model import CHUNK_COMPRESSED, BlobInfo, ChunkInfo
+
+_log = logging.getLogger(__name__)
 
 NEW_BLOB = -1  # blob_index of chunks stored in the blob being written, until it has a place
 
@@ -152,7 +155,8 @@ class BlobWriter:
     def _pipeline(
         self, slots: Iterable[_Slot[K]], forked: bool = False
     ) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
-        submit = self._cutters().submit if forked else self._submit_to_threads
+        cutters = self._cutters() if forked else None
+        submit = cutters.submit if cutters is not None else self._submit_to_threads
         inflight: collections.deque[_Batch[K]] = collections.deque()
         for batch in _batches(slots):
             # Take a result before sending the batch that may reuse its slot.
@@ -163,17 +167,23 @@ class BlobWriter:
     def _submit_to_threads(self, sources: list[_Source]) -> Future[list[_Cut | None]]:
         return self._pool.submit(self._cut_batch, sources)
 
-    def _cutters(self) -> ForkedCutters:
-        if self._forked is None:
-            self._forked = ForkedCutters(
-                self.threads,
-                -(-2 * self.window // self.threads),  # see _write
-                BATCH_BYTES + self.chunk_size,  # a batch stops once past BATCH_BYTES
-                read_chunk=_read_chunk,
-                digest_of=self.digester.function(),
-                compress=self._compress,
-                known=self.known,
-            )
+    def _cutters(self) -> ForkedCutters | None:
+        """The worker processes, forked on first use; None (use threads) if the system
+        refuses the fork or the shared mapping (a pids limit, a tight memory limit)."""
+        if self._forked is None and self.forked:
+            try:
+                self._forked = ForkedCutters(
+                    self.threads,
+                    -(-2 * self.window // self.threads),  # see _write
+                    BATCH_BYTES + self.chunk_size,  # a batch stops once past BATCH_BYTES
+                    read_chunk=_read_chunk,
+                    digest_of=self.digester.function(),
+                    compress=self._compress,
+                    known=self.known,
+                )
+            except OSError as exc:
+                _log.warning("cutting chunks on threads: cannot fork workers: %s", exc)
+                self.forked = False
         return self._forked
 
     def _drain(

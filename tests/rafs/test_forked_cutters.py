@@ -157,3 +157,20 @@ def test_a_build_on_another_thread_forks_its_workers_too(tmp_path: Path) -> None
     worker.join(timeout=60)
     assert not worker.is_alive() and done
     assert done[0] == _build(threads, files)
+
+
+def test_a_refused_fork_falls_back_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = _tree(tmp_path / "src")[:300]
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    threads = _writer(tmp_path / "threads", 0x1000, Compressor.ZSTD, forked=False)
+    expected = _build(threads, files)
+    monkeypatch.setattr(os, "fork", no_fork)
+    refused = _writer(tmp_path / "refused", 0x1000, Compressor.ZSTD, forked=True)
+    assert _build(refused, files) == expected
+    assert refused._forked is None and not refused.forked
+    assert "cannot fork workers: [Errno 11]" in caplog.text
