@@ -142,6 +142,27 @@ class BlobWriter:
         """
         return self._pipeline(self._slots(files), forked=self.forked)
 
+    def add_streams(
+        self, files: Iterable[tuple[K, BinaryIO, int]]
+    ) -> Iterator[tuple[K, tuple[ChunkInfo, ...]]]:
+        """Yield (key, chunk records) per file (key, stream, size), in the order given.
+
+        Each stream is read to its `size` here, a chunk at a time, before the next file is
+        asked for, so all may come from one sequential source (the members of a tar); the
+        chunks are hashed and compressed in the thread pool while the next ones are read.
+        """
+        return self._pipeline(self._stream_slots(files))
+
+    def _stream_slots(self, files: Iterable[tuple[K, BinaryIO, int]]) -> Iterator[_Slot[K]]:
+        step = self.chunk_size
+        for key, stream, size in files:
+            pending = _Pending(key, size, [], -(-size // step))
+            if not size:
+                yield pending, 0, None
+                continue
+            for offset in range(0, size, step):
+                yield pending, offset, _read_exact(stream, min(step, size - offset), size)
+
     def _slots(self, files: Iterable[tuple[K, bytes, int]]) -> Iterator[_Slot[K]]:
         step = self.chunk_size
         for key, path, size in files:

@@ -216,17 +216,40 @@ class _LayerApplier:
         self.touched: set[SourceEntry] = set()
         self.keep_whiteouts = False  # record `.wh.` entries as files instead of applying them
         self.mark_implicit = False  # give directories made for missing parents IMPLICIT_DIR
+        # With a sink that takes streams (`add_streams`), a member's content is handed over
+        # as the tar is read and its chunks come back while later members are read: the
+        # entry waits in `_waiting`, and hardlinks made to it meanwhile in `_late_links`.
+        self._feed: list[tuple[SourceEntry, BinaryIO, int]] | None = None
+        self._waiting: set[SourceEntry] = set()
+        self._late_links: list[tuple[SourceEntry, SourceEntry]] = []
 
     def apply(self, stream: BinaryIO) -> None:
+        add_streams = getattr(self.sink, "add_streams", None)
         try:
             with tarfile.open(
                 fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
             ) as tar:
-                while (info := tar.next()) is not None:
-                    self._member(tar, info)
-                    tar.members.clear()  # type: ignore[attr-defined]  # read once: keep no index
+                if add_streams is None:
+                    for _ in self._members(tar):
+                        pass
+                    return
+                self._feed = []
+                for entry, chunks in add_streams(self._members(tar)):
+                    entry.chunks = chunks
+                    self._waiting.discard(entry)
+                for target, link in self._late_links:  # in the order made: links of links too
+                    link.chunks = target.chunks
         except tarfile.TarError as exc:
             raise BuildError(f"layer {self.label} is not a readable tar: {exc}") from exc
+
+    def _members(self, tar: tarfile.TarFile) -> Iterator[tuple[SourceEntry, BinaryIO, int]]:
+        """Apply the members one by one; yield the content of each to store, if fed."""
+        while (info := tar.next()) is not None:
+            self._member(tar, info)
+            tar.members.clear()  # type: ignore[attr-defined]  # read once: keep no index
+            if self._feed:
+                yield from self._feed  # read to its end before the next member is read
+                self._feed.clear()
 
     def _refuse(self, info: tarfile.TarInfo, why: str) -> BuildError:
         return BuildError(f"layer {self.label}: member {info.name!r} {why}")
@@ -292,7 +315,11 @@ class _LayerApplier:
         entry = self._metadata(info, name, stat.S_IFREG)
         entry.size = info.size
         if self.sink is not None and (self.keep is None or self.keep(path)):
-            entry.chunks = self._store(tar, info, self.sink)
+            if self._feed is not None and info.size:
+                self._feed.append((entry, self._content(tar, info), info.size))
+                self._waiting.add(entry)
+            else:
+                entry.chunks = self._store(tar, info, self.sink)
         if self.origins is not None:
             self.origins.record(entry, path)
         return entry
@@ -302,10 +329,13 @@ class _LayerApplier:
     ) -> tuple[ChunkInfo, ...]:
         if info.size == 0:
             return ()
+        return sink.add_file(self._content(tar, info), info.size)
+
+    def _content(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> BinaryIO:
         content = tar.extractfile(info)
         if content is None:
             raise self._refuse(info, "has no readable content")
-        return sink.add_file(cast(BinaryIO, content), info.size)
+        return cast(BinaryIO, content)
 
     def _hardlink(self, info: tarfile.TarInfo, name: bytes) -> SourceEntry:
         target = self._link_target(info)
@@ -313,6 +343,9 @@ class _LayerApplier:
             target.link_key = object()
         # One inode: the new name takes the target's metadata, key and chunks.
         entry = dataclasses.replace(target, name=name, xattrs=dict(target.xattrs), children={})
+        if target in self._waiting:  # its chunks are still being made: copied when back
+            self._late_links.append((target, entry))
+            self._waiting.add(entry)
         if self.origins is not None:
             self.origins.share(target, entry)
         return entry
