@@ -64,6 +64,8 @@ _SYMLINK_MODE = stat.S_IFLNK | 0o777
 _PAX_MTIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _SCHILY_XATTR = "SCHILY.xattr."
 _LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
+LAYER_BUFFER = 1 << 20  # bytes of decompressed layer read ahead of tarfile
+
 # Marks a directory a layer does not list itself (see `import_tar(mark_implicit=True)`).
 IMPLICIT_DIR = b"trusted.nydus-mesh.implicit-dir"
 
@@ -103,7 +105,10 @@ def _decoded(raw: io.BufferedReader[Any], label: str) -> BinaryIO:
     else:
         _refuse_compression(magic, label)
         decoder = raw
-    return cast(BinaryIO, io.BufferedReader(_LayerReader(decoder, raw, label)))
+    # A large buffer: tarfile reads 10 KiB at a time, and with a small one each read
+    # would call `_LayerReader.readinto`, Python code, for every piece of every member.
+    layer = _LayerReader(decoder, raw, label)
+    return cast(BinaryIO, io.BufferedReader(layer, buffer_size=LAYER_BUFFER))
 
 
 def _peek(raw: io.BufferedReader[Any], label: str) -> bytes:
