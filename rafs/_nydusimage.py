@@ -57,6 +57,9 @@ def extract_bootstrap(layer: bytes) -> bytes:
     raise NotANydusImage(f"bootstrap layer has no {BOOTSTRAP_ENTRY} entry")
 
 
+BOOTSTRAP_GZIP_LEVEL = 6  # zlib's default; 9 took 1.7 s for an 11 MB bootstrap, 6 0.2 s
+
+
 def pack_bootstrap(bootstrap: bytes) -> bytes:
     """A reproducible gzip tar holding `image/image.boot`."""
     buf = io.BytesIO()
@@ -64,7 +67,7 @@ def pack_bootstrap(bootstrap: bytes) -> bytes:
         info = tarfile.TarInfo(BOOTSTRAP_ENTRY)
         info.size, info.mode, info.mtime = len(bootstrap), 0o644, 0
         tar.addfile(info, io.BytesIO(bootstrap))
-    return gzip.compress(buf.getvalue(), mtime=0)
+    return gzip.compress(buf.getvalue(), compresslevel=BOOTSTRAP_GZIP_LEVEL, mtime=0)
 
 
 def bootstrap_annotations(fs_version: int, blob_ids: list[str]) -> dict[str, str]:
