@@ -18,9 +18,11 @@ import hashlib
 import io
 import json
 import os
+import queue
 import re
 import stat
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,6 +67,7 @@ _PAX_MTIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _SCHILY_XATTR = "SCHILY.xattr."
 _LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
 LAYER_BUFFER = 1 << 20  # bytes of decompressed layer read ahead of tarfile
+READ_AHEAD = 4  # blocks of LAYER_BUFFER decompressed ahead of the reader
 
 # Marks a directory a layer does not list itself (see `import_tar(mark_implicit=True)`).
 IMPLICIT_DIR = b"trusted.nydus-mesh.implicit-dir"
@@ -105,6 +108,8 @@ def _decoded(raw: io.BufferedReader[Any], label: str) -> BinaryIO:
     else:
         _refuse_compression(magic, label)
         decoder = raw
+    if decoder is not raw:
+        decoder = _ReadAhead(decoder)
     # A large buffer: tarfile reads 10 KiB at a time, and with a small one each read
     # would call `_LayerReader.readinto`, Python code, for every piece of every member.
     layer = _LayerReader(decoder, raw, label)
@@ -122,6 +127,66 @@ def _refuse_compression(magic: bytes, label: str) -> None:
     for prefix, name in _REFUSED_MAGIC.items():
         if magic.startswith(prefix):
             raise BuildError(f"layer {label} is {name}-compressed: only gzip and zstd are read")
+
+
+class _ReadAhead:
+    """A decoder run on a thread of its own, a few blocks ahead of its reader.
+
+    zlib and zstandard release the GIL while they inflate, so a layer decompresses on one
+    core while the tar is parsed on another, instead of in turns on the reader's thread
+    (1.1 s of a 204 MB gzip layer's build). Errors reach the reader at the point of the
+    stream where they happened.
+    """
+
+    def __init__(self, decoder: _Decoder) -> None:
+        self._decoder = decoder
+        self._blocks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=READ_AHEAD)
+        self._stop = threading.Event()
+        self._pending = b""
+        self._end: bytes | BaseException | None = None  # b"" at the end, or the error
+        self._thread = threading.Thread(target=self._run, name="layer-decode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._decoder.read(LAYER_BUFFER)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._blocks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._pending:
+            if self._end is None:
+                item = self._blocks.get()
+                if isinstance(item, BaseException) or not item:
+                    self._end = item
+                else:
+                    self._pending = item
+            if isinstance(self._end, BaseException):
+                raise self._end
+            if not self._pending:
+                return b""
+        if 0 <= size < len(self._pending):
+            out, self._pending = self._pending[:size], self._pending[size:]
+            return out
+        out, self._pending = self._pending, b""
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._decoder.close()
 
 
 class _LayerReader(io.RawIOBase):
