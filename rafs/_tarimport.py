@@ -67,7 +67,7 @@ _PAX_MTIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _SCHILY_XATTR = "SCHILY.xattr."
 _LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
 LAYER_BUFFER = 1 << 20  # bytes of decompressed layer read ahead of tarfile
-READ_AHEAD = 4  # blocks of LAYER_BUFFER decompressed ahead of the reader
+READ_AHEAD = 2  # blocks of LAYER_BUFFER decompressed ahead of the reader
 
 # Marks a directory a layer does not list itself (see `import_tar(mark_implicit=True)`).
 IMPLICIT_DIR = b"trusted.nydus-mesh.implicit-dir"
@@ -187,6 +187,23 @@ class _ReadAhead:
         self._stop.set()
         self._thread.join()
         self._decoder.close()
+
+
+class _MemberReader:
+    """The `size` bytes of one member at the tar stream's position; tarfile skips what is
+    left of them (and the padding) when it reads the next header."""
+
+    def __init__(self, stream: Any, size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def read(self, size: int = -1, /) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data: bytes = self._stream.read(size)
+        if len(data) < size:
+            raise tarfile.ReadError("unexpected end of data")
+        self._left -= size
+        return data
 
 
 class _LayerReader(io.RawIOBase):
@@ -402,6 +419,12 @@ class _LayerApplier:
         return sink.add_file(self._content(tar, info), info.size)
 
     def _content(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> BinaryIO:
+        stream = tar.fileobj
+        if not info.sparse and stream is not None and stream.tell() == info.offset_data:
+            # A plain member is read straight from the stream, where its bytes are next
+            # (checked above): `extractfile` wraps each member in two more objects and
+            # reads through them 10 KiB at a time (0.3 s of 41k small members).
+            return cast(BinaryIO, _MemberReader(stream, info.size))
         content = tar.extractfile(info)
         if content is None:
             raise self._refuse(info, "has no readable content")
