@@ -30,6 +30,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
+from typing import NoReturn
 
 from ._errors import BuildError
 
@@ -45,6 +46,8 @@ Result = tuple[bytes, int, int, bool] | None
 Cut = tuple[bytes, int, bytes | memoryview | None, bool]
 
 ReadChunk = Callable[[bytes, int, int, int], bytes]
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 class ForkedCutters:
@@ -77,13 +80,19 @@ class ForkedCutters:
             for _ in range(workers):
                 arena = mmap.mmap(-1, slots * slot_size)  # shared, anonymous: kept across fork
                 ours, theirs = Pipe()
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - the child; measured through the parent
-                    for other in [ours, *self._conns]:  # so only the parent holds those ends
-                        other.close()
-                    _child(theirs, arena, slot_size, read_chunk, digest_of, compress, known)
+                # Ctrl-C waits until the child is on the list (so it is reaped), and the
+                # child takes it only once its handlers are the default ones.
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+                try:
+                    pid = os.fork()
+                    if pid == 0:  # pragma: no cover - the child; measured through the parent
+                        for other in [ours, *self._conns]:  # only the parent holds those
+                            other.close()
+                        _child(theirs, arena, slot_size, read_chunk, digest_of, compress, known)
+                    self._pids.append(pid)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 theirs.close()
-                self._pids.append(pid)
                 self._conns.append(ours)
                 self._arenas.append(arena)
                 self._views.append(memoryview(arena))
@@ -99,10 +108,26 @@ class ForkedCutters:
         slot = (n // self.workers) % self.slots
         try:
             self._conns[worker].send((slot, sources))
-        except OSError as exc:
-            raise BuildError(f"chunk worker {self._pids[worker]} is gone: {exc}") from exc
+        except OSError:
+            self._raise_death(worker)
         base = slot * self.slot_size
         return _Reply(self, worker, self._views[worker][base : base + self.slot_size])
+
+    def _raise_death(self, worker: int) -> NoReturn:
+        """A worker's pipe closed: say how it died. Ctrl-C reaches the whole process
+        group, so a worker stopped by SIGINT means the build was interrupted."""
+        pid = self._pids[worker]
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            status = 0
+        if os.WIFSIGNALED(status):
+            if os.WTERMSIG(status) == signal.SIGINT:
+                raise KeyboardInterrupt
+            died = f"was killed by signal {os.WTERMSIG(status)}"
+        else:
+            died = f"exited with status {os.waitstatus_to_exitcode(status)}"
+        raise BuildError(f"chunk worker {pid} {died} before finishing its batch")
 
     def close(self) -> None:
         """Stop the workers after their last batch; wait for them."""
@@ -152,9 +177,8 @@ class _Reply:
         conn = self._owner._conns[self._worker]
         try:
             reply: list[Result] | str = conn.recv()
-        except (EOFError, OSError) as exc:
-            pid = self._owner._pids[self._worker]
-            raise BuildError(f"chunk worker {pid} died before finishing its batch") from exc
+        except (EOFError, OSError):
+            self._owner._raise_death(self._worker)
         if isinstance(reply, str):
             raise BuildError(reply)
         slot = self._slot
@@ -184,8 +208,9 @@ def _child(
 ) -> None:  # pragma: no cover - runs in the forked child
     status = 0
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C stops the group at once
+        for signum in _STOPS:  # Ctrl-C stops the whole group at once
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
         _serve(conn, memoryview(arena), slot_size, read_chunk, digest_of, compress_for(), known)
     except BaseException as exc:
         status = 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -127,7 +129,16 @@ def test_a_file_gone_before_a_worker_reads_it_names_it(tmp_path: Path) -> None:
     assert list((tmp_path / "blobs").iterdir()) == []
 
 
-def test_a_worker_killed_mid_build_is_an_error_not_a_hang(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "raised", "match"),
+    [
+        (signal.SIGKILL, BuildError, r"chunk worker \d+ was killed by signal 9 before"),
+        (signal.SIGINT, KeyboardInterrupt, None),  # Ctrl-C: the parent's own may come later
+    ],
+)
+def test_a_worker_killed_mid_build_is_an_error_not_a_hang(
+    tmp_path: Path, signum: int, raised: type[BaseException], match: str | None
+) -> None:
     files = _tree(tmp_path / "src")
     writer = _writer(tmp_path / "blobs", 0x1000, Compressor.ZSTD, forked=True)
     killed = []
@@ -136,14 +147,15 @@ def test_a_worker_killed_mid_build_is_an_error_not_a_hang(tmp_path: Path) -> Non
         for n, item in enumerate(files):
             if n == 200 and writer._forked is not None:  # once the workers are busy
                 pid = writer._forked._pids[0]
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signum)
                 killed.append(pid)
             yield item
 
-    with pytest.raises(BuildError, match="chunk worker"):
+    with pytest.raises(raised, match=match):
         list(writer.add_files(walk()))
     assert killed
     writer.abort()
+    assert all(_gone(p) for p in killed)
     assert list((tmp_path / "blobs").iterdir()) == []
 
 
@@ -174,3 +186,40 @@ def test_a_refused_fork_falls_back_to_threads(
     assert _build(refused, files) == expected
     assert refused._forked is None and not refused.forked
     assert "cannot fork workers: [Errno 11]" in caplog.text
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(p) for p in text]
+    return found
+
+
+def test_ctrl_c_stops_the_build_and_its_workers_and_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    block = os.urandom(1 << 20)
+    for n in range(64):  # 256 MiB to read, hash and compress: long enough to interrupt
+        (src / f"f{n}").write_bytes(block[n:] + block[:n] + block + block + block)
+    out = tmp_path / "out"
+    tool = os.path.join(os.path.dirname(sys.executable), "nydus-image")
+    argv = [tool, "create", "-B", str(out / "boot"), "-D", str(out / "blobs"), str(src)]
+    build = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (workers := _children(build.pid)) and build.poll() is None:
+            assert time.monotonic() < deadline, "no worker was forked"
+            time.sleep(0.005)
+        assert workers, "the build ended before it could be interrupted"
+        os.killpg(build.pid, signal.SIGINT)  # what Ctrl-C does: the whole group
+        _, err = build.communicate(timeout=30)
+    finally:
+        if build.poll() is None:
+            os.killpg(build.pid, signal.SIGKILL)
+            build.wait()
+    assert build.returncode == 130, err
+    assert err.strip().splitlines() == ["nydus-image: error: interrupted"]
+    assert all(_gone(p) for p in workers)
+    assert not (out / "boot").exists()
+    assert list((out / "blobs").iterdir()) == []
