@@ -33,6 +33,7 @@ import zstandard
 from ._cutters import Cut as _Cut
 from ._cutters import ForkedCutters
 from ._cutters import Source as _Source
+from ._cutters import cut as _cut_one
 from ._digest import Compressor, Digester
 from ._errors import BuildError
 from ._model import CHUNK_COMPRESSED, BlobInfo, ChunkInfo
@@ -228,27 +229,9 @@ class BlobWriter:
                 yield pending.key, tuple(pending.chunks)
 
     def _cut_batch(self, sources: list[_Source]) -> list[_Cut | None]:
-        """Read, hash and compress a batch in one tight loop, its body run once per chunk."""
-        digest_of = self.digester.function()
-        compress = self._compress()
-        known = self.known
-        cuts: list[_Cut | None] = []
-        for source in sources:
-            if source is None:
-                cuts.append(None)
-                continue
-            data = source if isinstance(source, bytes) else _read_chunk(*source)
-            digest = digest_of(data)
-            size = len(data)
-            if (digest, size) in known:
-                cuts.append((digest, size, None, False))
-                continue
-            packed = compress(data)
-            if len(packed) < size:
-                cuts.append((digest, size, packed, True))
-            else:
-                cuts.append((digest, size, data, False))
-        return cuts
+        """Read, hash and compress a batch on a pool thread."""
+        digest_of, compress, known = self.digester.function(), self._compress(), self.known
+        return [_cut_one(source, _read_chunk, digest_of, compress, known) for source in sources]
 
     def _place(self, cut: _Cut, file_offset: int, stored: list[bytes | memoryview]) -> ChunkInfo:
         digest, size, data, compressed = cut

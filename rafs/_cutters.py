@@ -50,6 +50,29 @@ ReadChunk = Callable[[bytes, int, int, int], bytes]
 _STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
+def cut(
+    source: Source,
+    read_chunk: ReadChunk,
+    digest_of: Callable[[bytes], bytes],
+    compress: Callable[[bytes], bytes],
+    known: Mapping[tuple[bytes, int], object],
+) -> Cut | None:
+    """Read, hash and compress one chunk (run once per chunk, in threads or workers):
+    None for an empty file; no bytes to store for a chunk in `known`; the raw bytes when
+    compressing does not make them smaller."""
+    if source is None:
+        return None
+    data = source if isinstance(source, bytes) else read_chunk(*source)
+    digest = digest_of(data)
+    size = len(data)
+    if (digest, size) in known:
+        return digest, size, None, False
+    packed = compress(data)
+    if len(packed) < size:
+        return digest, size, packed, True
+    return digest, size, data, False
+
+
 class ForkedCutters:
     """`workers` processes, each with `slots` slots of `slot_size` bytes.
 
@@ -242,17 +265,14 @@ def _serve(
         results: list[Result] = []
         try:
             for source in sources:
-                if source is None:
+                made = cut(source, read_chunk, digest_of, compress, known)
+                if made is None:  # an empty file
                     results.append(None)
                     continue
-                data = source if isinstance(source, bytes) else read_chunk(*source)
-                digest = digest_of(data)
-                size = len(data)
-                if (digest, size) in known:
+                digest, size, out, compressed = made
+                if out is None:  # a known chunk: nothing to store
                     results.append((digest, size, -1, False))
                     continue
-                packed = compress(data)
-                out, compressed = (packed, True) if len(packed) < size else (data, False)
                 end = pos + len(out)
                 if end > start + slot_size:
                     raise BuildError(f"a batch outgrew its slot of {slot_size} bytes")
