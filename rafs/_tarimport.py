@@ -21,6 +21,7 @@ import os
 import queue
 import re
 import stat
+import struct
 import tarfile
 import threading
 import zlib
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self, cast
 from urllib.parse import unquote_to_bytes
 
 import zstandard
@@ -127,6 +128,61 @@ def _refuse_compression(magic: bytes, label: str) -> None:
     for prefix, name in _REFUSED_MAGIC.items():
         if magic.startswith(prefix):
             raise BuildError(f"layer {label} is {name}-compressed: only gzip and zstd are read")
+
+
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")  # a header to byte 500
+
+
+class _TarHeader(tarfile.TarInfo):
+    """tarfile's TarInfo with a quicker `frombuf` for the common header: one struct
+    unpack, numbers in octal, the unsigned checksum right. Any other header (binary or
+    malformed numbers, old GNU sparse, a checksum only the signed sum matches, the end
+    marker) goes to tarfile's own parse, which also raises its own errors for it; so the
+    result is the same TarInfo either way (tested field by field). tarfile's parse was
+    0.3 s of 47k members."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        if len(buf) != tarfile.BLOCKSIZE or buf[156:157] == tarfile.GNUTYPE_SPARSE:
+            return super().frombuf(buf, encoding, errors)
+        fields = _USTAR.unpack_from(buf)
+        (name, mode, uid, gid, size, mtime, checksum, kind, link, _, uname, gname) = fields[:12]
+        major, minor, prefix = fields[12:]
+        numbers = [_octal(f) for f in (mode, uid, gid, size, mtime, checksum, major, minor)]
+        chksum = numbers[5]
+        if None in numbers or chksum != 256 + sum(buf) - sum(buf[148:156]) or not buf.strip(b"\0"):
+            return super().frombuf(buf, encoding, errors)
+        obj = cls()
+        obj.name = _text(name, encoding, errors)
+        (obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.chksum, obj.devmajor,
+         obj.devminor) = cast("list[int]", numbers)  # fmt: skip
+        obj.type = kind
+        obj.linkname = _text(link, encoding, errors)
+        obj.uname, obj.gname = _text(uname, encoding, errors), _text(gname, encoding, errors)
+        if obj.type == tarfile.AREGTYPE and obj.name.endswith("/"):
+            obj.type = tarfile.DIRTYPE  # the old V7 way of naming a directory
+        if obj.isdir():
+            obj.name = obj.name.rstrip("/")
+        before = _text(prefix, encoding, errors)
+        if before and obj.type not in tarfile.GNU_TYPES:
+            obj.name = before + "/" + obj.name  # a ustar long name
+        return obj
+
+
+def _octal(field: bytes) -> int | None:
+    """A number field in octal ASCII, as tarfile reads it; None if it is not one."""
+    if field[:1] in (b"\x80", b"\xff"):  # GNU's binary form
+        return None
+    end = field.find(b"\0")
+    try:
+        return int((field if end < 0 else field[:end]).strip() or b"0", 8)
+    except ValueError:
+        return None
+
+
+def _text(field: bytes, encoding: str, errors: str) -> str:
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode(encoding, errors)
 
 
 class _ReadAhead:
@@ -314,7 +370,11 @@ class _LayerApplier:
         add_streams = getattr(self.sink, "add_streams", None)
         try:
             with tarfile.open(
-                fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
+                fileobj=stream,
+                mode="r|",
+                encoding="utf-8",
+                errors="surrogateescape",
+                tarinfo=_TarHeader,
             ) as tar:
                 if add_streams is None:
                     for _ in self._members(tar):
