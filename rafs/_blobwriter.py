@@ -121,14 +121,7 @@ class BlobWriter:
 
     def add_file(self, stream: BinaryIO, size: int) -> tuple[ChunkInfo, ...]:
         """Read `stream` here (it may not be reopened or seekable); cut it in the pool."""
-        pending: _Pending[None] = _Pending(None, size, [], -(-size // self.chunk_size))
-        if pending.expected == 0:
-            return ()
-        slots = (
-            (pending, offset, _read_exact(stream, min(self.chunk_size, size - offset), size))
-            for offset in range(0, size, self.chunk_size)
-        )
-        ((_, chunks),) = self._pipeline(slots)  # run to its end: it writes as it goes
+        ((_, chunks),) = self.add_streams([(None, stream, size)])  # runs to its end
         return chunks
 
     # --- many files through one pipeline ------------------------------------------------
@@ -240,7 +233,7 @@ class BlobWriter:
             self.reused_chunks += 1
             self.reused_bytes += size
             self.dict_chunks += found.blob_index != self.blob_index
-            return _moved(found, file_offset)
+            return found.placed(found.blob_index, file_offset)
         assert data is not None
         chunk = ChunkInfo(
             digest,
@@ -390,22 +383,6 @@ def _read_chunk(path: bytes, offset: int, length: int, size: int) -> bytes:
     finally:
         os.close(fd)
     return data
-
-
-def _moved(c: ChunkInfo, file_offset: int) -> ChunkInfo:
-    """`c` at another file offset; built directly, as dataclasses.replace costs 3x more."""
-    return ChunkInfo(
-        c.digest,
-        c.blob_index,
-        c.flags,
-        c.compressed_size,
-        c.uncompressed_size,
-        c.compressed_offset,
-        c.uncompressed_offset,
-        file_offset,
-        c.index,
-        c.crc32,
-    )
 
 
 def _per_thread_compress(compressor: Compressor) -> Callable[[], Callable[[bytes], bytes]]:

@@ -23,7 +23,6 @@ target already has is not sent again.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,7 +41,7 @@ from ._nydusimage import (
     MEDIA_TYPE_BOOTSTRAP_LAYER,
     MEDIA_TYPE_NYDUS_BLOB,
     bootstrap_annotations,
-    pack_bootstrap,
+    pack_bootstrap_layer,
 )
 from ._oci import OCI_MANIFEST, Descriptor, ImageReference, Manifest, sha256_digest
 from ._regaccess import RegistryAccess
@@ -351,7 +350,7 @@ class _Conversion:
 
     async def _push_bootstrap(self, boot: bytes, blob_ids: list[str]) -> tuple[Descriptor, str]:
         """The bootstrap layer's descriptor and its diff id (the sha256 of its tar)."""
-        packed, diff_id = await asyncio.to_thread(_packed_bootstrap, boot)
+        packed, diff_id = await asyncio.to_thread(pack_bootstrap_layer, boot)
         annotations = bootstrap_annotations(FS_VERSION, blob_ids)
         referenced = [b for b in blob_ids if b in self.dict_blobs]
         if referenced:
@@ -436,9 +435,3 @@ async def _awaited(job: Awaitable[T]) -> T:
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _packed_bootstrap(boot: bytes) -> tuple[bytes, str]:
-    """The bootstrap layer (a gzip tar) and its diff id, made off the event loop."""
-    packed = pack_bootstrap(boot)
-    return packed, sha256_digest(gzip.decompress(packed))

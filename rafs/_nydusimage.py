@@ -14,7 +14,7 @@ import json
 import tarfile
 
 from ._errors import RafsError
-from ._oci import Descriptor, Manifest
+from ._oci import Descriptor, Manifest, sha256_digest
 
 MEDIA_TYPE_NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 MEDIA_TYPE_BOOTSTRAP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -62,12 +62,19 @@ BOOTSTRAP_GZIP_LEVEL = 6  # zlib's default; 9 took 1.7 s for an 11 MB bootstrap,
 
 def pack_bootstrap(bootstrap: bytes) -> bytes:
     """A reproducible gzip tar holding `image/image.boot`."""
+    return pack_bootstrap_layer(bootstrap)[0]
+
+
+def pack_bootstrap_layer(bootstrap: bytes) -> tuple[bytes, str]:
+    """`pack_bootstrap`'s layer and its diff id (the sha256 of the tar inside)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(BOOTSTRAP_ENTRY)
         info.size, info.mode, info.mtime = len(bootstrap), 0o644, 0
         tar.addfile(info, io.BytesIO(bootstrap))
-    return gzip.compress(buf.getvalue(), compresslevel=BOOTSTRAP_GZIP_LEVEL, mtime=0)
+    raw = buf.getvalue()
+    packed = gzip.compress(raw, compresslevel=BOOTSTRAP_GZIP_LEVEL, mtime=0)
+    return packed, sha256_digest(raw)
 
 
 def bootstrap_annotations(fs_version: int, blob_ids: list[str]) -> dict[str, str]:

@@ -175,11 +175,6 @@ def docker_config(path: Path) -> DockerConfig:
     return DockerConfig(auths, store, helpers)
 
 
-def docker_auths(path: Path) -> dict[str, Any]:
-    """The `auths` section of a Docker config file (empty when the file is missing)."""
-    return docker_config(path).auths
-
-
 def _helper_name_ok(name: object) -> bool:
     return isinstance(name, str) and bool(name) and "/" not in name and name.strip() == name
 
