@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import itertools
 import json
 import os
-import platform
 import random
-import resource
 import shutil
 import signal
 import stat
@@ -37,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import BenchmarkError, report_main
+from _common import BenchmarkError, children_cpu, machine, report_main
 
 MB = 1_000_000
 TOOLS = ("nydus-image", "tar|zstd", "mksquashfs")
@@ -140,16 +137,11 @@ class Timing:
     cpu: float
 
 
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def timed(commands: list[list[str]], timeout: float) -> Timing:
     """Wall time and the CPU time (user + system) of the pipeline's processes."""
-    cpu0, t0 = _children_cpu(), time.perf_counter()
+    cpu0, t0 = children_cpu(), time.perf_counter()
     run_pipeline(commands, timeout)
-    return Timing(time.perf_counter() - t0, _children_cpu() - cpu0)
+    return Timing(time.perf_counter() - t0, children_cpu() - cpu0)
 
 
 def run_pipeline(commands: list[list[str]], timeout: float) -> None:
@@ -371,22 +363,6 @@ def _build(tree: Path, out: Path, chunk_dict: Path | None, timeout: float) -> di
 
 
 # --- the report ------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "date": datetime.date.today().isoformat(),
-    }
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import stop_process
+from _common import process_cpu, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -206,11 +206,10 @@ def wrk(work: Path, url: str, paths: list[str], args: argparse.Namespace) -> dic
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its children (nginx's worker), from /proc."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = process_cpu(pid)
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except FileNotFoundError:
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     return own + sum(cpu_seconds(int(child)) for child in children)
 
 

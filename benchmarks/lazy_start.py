@@ -50,9 +50,7 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import re
-import resource
 import shutil
 import socket
 import stat
@@ -70,7 +68,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import BenchmarkError, report_main, stop_process
+from _common import (
+    BenchmarkError,
+    children_cpu,
+    machine,
+    metric_values,
+    process_cpu,
+    report_main,
+    stop_process,
+)
 
 MB = 1_000_000
 FULL_BYTES = 1_000 * MB
@@ -673,7 +679,7 @@ def nydus_run(
             mounted = time.perf_counter() - t0
             n = read_files(mnt, files)
             total = time.perf_counter() - t0
-            extra = {**scrape_metrics(sock), "cpu_s": process_cpu(proc.pid)}
+            extra = {**scrape_metrics(sock), "cpu_s": round(process_cpu(proc.pid), 2)}
             if check is not None and digest_files(mnt, files) != check:
                 raise BenchmarkError("the working set read through nydusd differs from the tree")
         finally:
@@ -686,17 +692,6 @@ def nydus_run(
     return StartRun(total, steps, proxy.down.bytes - sent, n, extra)
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds a live process has used (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
-
-
-def children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def scrape_metrics(sock: Path) -> dict[str, float]:
     """A few counters from nydusd's API socket (plain HTTP/1.0 over the unix socket)."""
     wanted = ("origin_requests_total", "origin_bytes_total", "reads_total",
@@ -706,13 +701,7 @@ def scrape_metrics(sock: Path) -> dict[str, float]:
         s.connect(str(sock))
         s.sendall(b"GET /api/v1/metrics HTTP/1.0\r\nHost: nydusd\r\n\r\n")
         body = b"".join(iter(lambda: s.recv(65536), b"")).decode(errors="replace")
-    found = {}
-    for line in body.splitlines():
-        name, _, value = line.partition(" ")
-        short = name.removeprefix("nydusd_")
-        if short in wanted:
-            found[short] = float(value)
-    return found
+    return metric_values(body, "nydusd_", wanted)
 
 
 def summarize(runs: list[StartRun]) -> dict[str, Any]:
@@ -969,23 +958,6 @@ def ratios(lazy: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
             "warm_read_1x": read >= 1.0,
             "walk_0.5x": walk_ratio >= 0.5,
         },
-    }
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "date": datetime.date.today().isoformat(),
     }
 
 

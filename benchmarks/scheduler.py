@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import resource
 import subprocess
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import uvloop
+from _common import process_cpu
 
 from protocol import (
     Announce,
@@ -463,13 +463,6 @@ def register_message(index: int, seed: bool) -> Register:
     )
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used, from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def drive_http(
     url: str, args: argparse.Namespace, target: int, pid: int
 ) -> tuple[HttpFigures, float]:
@@ -481,12 +474,12 @@ async def drive_http(
         peers, seeds = await mesh.register_all(args.peers, args.seeds)
         rng = random.Random(args.seed)
         groups = [peers[i :: args.clients] for i in range(args.clients)]
-        began, cpu_began = time.perf_counter(), process_cpu_seconds(pid)
+        began, cpu_began = time.perf_counter(), process_cpu(pid)
         background = [asyncio.create_task(mesh.seed(s)) for s in seeds]
         background.append(asyncio.create_task(mesh.heartbeats(peers, seeds)))
         await asyncio.gather(*(mesh.client(g, random.Random(rng.random())) for g in groups if g))
         seconds = time.perf_counter() - began
-        figures.server_cpu = process_cpu_seconds(pid) - cpu_began
+        figures.server_cpu = process_cpu(pid) - cpu_began
         await asyncio.gather(*background)
     return figures, seconds
 

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import stop_process
+from _common import metric_values, process_cpu, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -412,22 +412,15 @@ def daemon_metrics(lab: Lab, name: str) -> dict[str, float]:
     wanted = ("origin_bytes_total", "peer_bytes_in_total", "peer_bytes_out_total",
               "digest_mismatches_total", "parent_failures_total", "supernode_lost_total",
               "mesh_bypassed_chunks_total", "schedule_requests_total")  # fmt: skip
-    found = {}
-    for line in text.splitlines():
-        metric, _, value = line.partition(" ")
-        short = metric.removeprefix("dfdaemon_")
-        if short in wanted:
-            found[short] = float(value)
-    return found
+    return metric_values(text, "dfdaemon_", wanted)
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a running process (nsenter execs the daemon: same pid)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return round(process_cpu(pid), 2)
     except OSError:
         return 0.0
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def read_mounts(paths: list[Path], start: float, timeout: float) -> list[float]:

@@ -7,17 +7,14 @@ and the second version reuses most chunks from the first one's dictionary.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "build.py"
+from tests.benchmark_runs import run_small
+
 TOOL_FIELDS = {"name", "command", "wall_s", "cpu_s", "output_bytes", "median_s", "mb_per_s"}
 RATIOS = {
     "throughput_vs_tar_zstd",
@@ -45,14 +42,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, Path]:
-    tmp = tmp_path_factory.mktemp("bench")
-    out = tmp / "report.json"
-    args = ["--small", "--runs", "1", "--out-json", str(out), "--tmp", str(tmp)]
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(out.read_text()), done.stdout, tmp
+    return run_small("build.py", tmp_path_factory.mktemp("bench"), timeout=120)
 
 
 def test_every_tool_has_its_figures(smoke: tuple[dict[str, Any], str, Path]) -> None:

@@ -8,18 +8,15 @@ mount, process or work dir behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "lazy_start.py"
+from tests.benchmark_runs import run_small
+
 RUN_FIELDS = {"median_s", "runs_s", "median_steps_s", "link_bytes", "read_bytes", "metrics"}
 LOCAL_FIELDS = {"read_first_mb_s", "read_warm_mb_s", "walk_cold_s", "walk_warm_s",
                 "read_warm_runs_s", "walk_warm_runs_s"}  # fmt: skip
@@ -56,14 +53,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, Path]:
-    tmp = tmp_path_factory.mktemp("lazy")
-    out = tmp / "report.json"
-    args = ["--small", "--runs", "1", "--out-json", str(out), "--tmp", str(tmp)]
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(out.read_text()), done.stdout, tmp
+    return run_small("lazy_start.py", tmp_path_factory.mktemp("lazy"), timeout=180)
 
 
 def test_tree_and_working_set(smoke: tuple[dict[str, Any], str, Path]) -> None:

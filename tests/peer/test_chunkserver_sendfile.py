@@ -29,6 +29,7 @@ from rafs._cache import BlobCache
 from rafs._chunkmap import RECORD, ChunkRecord
 from rafs._model import CHUNK_COMPRESSED
 from tests.cache.blobs import Blob, make_blob
+from tests.peer.cluster import free_port, stop_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -318,7 +319,7 @@ def daemon(tmp_path: Path, cache: BlobCache) -> Iterator[tuple[int, Blob]]:
     """A dfdaemon with one upload slot serving the cache (its supernode answers nothing)."""
     blob = make_blob(BLOB, 40, min_size=1 << 20, max_size=1 << 20)
     cache.put_many(blob.ref, [blob.fetched(i) for i in range(40)])
-    port, dead = _free_port(), _free_port()
+    port, dead = free_port(), free_port()
     argv = [str(BIN / "dfdaemon"), "--supernode", f"http://127.0.0.1:{dead}", "--listen",
             f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "daemon"), "--cache-dir",
             str(cache.cache_dir), "--upload-slots", "1", "--log-level", "warning"]  # fmt: skip
@@ -328,18 +329,7 @@ def daemon(tmp_path: Path, cache: BlobCache) -> Iterator[tuple[int, Blob]]:
         _wait_healthy(port, process)
         yield port, blob
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        stop_process(process)
 
 
 def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
