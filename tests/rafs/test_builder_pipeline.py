@@ -75,13 +75,19 @@ def _writer(blob_dir: Path) -> BlobWriter:
     )
 
 
-def test_settle_later_puts_the_blob_in_place_only_when_settled(tmp_path: Path) -> None:
+def _one_file_settling_later(tmp_path: Path) -> tuple[BlobWriter, Path]:
+    """A writer with one 5000-byte file stored, set to settle later; and its blob dir."""
     (tmp_path / "f").write_bytes(os.urandom(5000))
     blobs = tmp_path / "blobs"
     blobs.mkdir()
     writer = _writer(blobs)
     writer.settle_later = True
     list(writer.add_files([(1, os.fsencode(tmp_path / "f"), 5000)]))
+    return writer, blobs
+
+
+def test_settle_later_puts_the_blob_in_place_only_when_settled(tmp_path: Path) -> None:
+    writer, blobs = _one_file_settling_later(tmp_path)
     info = writer.finish()
     assert info is not None
     writer.settle()
@@ -89,12 +95,7 @@ def test_settle_later_puts_the_blob_in_place_only_when_settled(tmp_path: Path) -
 
 
 def test_abort_after_finish_leaves_nothing(tmp_path: Path) -> None:
-    (tmp_path / "f").write_bytes(os.urandom(5000))
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
-    writer = _writer(blobs)
-    writer.settle_later = True
-    list(writer.add_files([(1, os.fsencode(tmp_path / "f"), 5000)]))
+    writer, blobs = _one_file_settling_later(tmp_path)
     writer.finish()
     writer.abort()
     assert list(blobs.iterdir()) == []
